@@ -1,0 +1,1 @@
+"""Command modules of the ``cpd`` CLI, one per subcommand."""

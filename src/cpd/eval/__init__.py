@@ -1,0 +1,1 @@
+"""Evaluation: retrieval, multi-view testing, zero-shot classification, metrics."""
