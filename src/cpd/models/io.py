@@ -1,0 +1,224 @@
+"""Saving and loading models: this project's exports and training checkpoints, official ones.
+
+Formats that :func:`load_model` reads (detected from the path and the keys):
+
+1. **Export** (written by :func:`save_model`): a directory holding ``config.json``,
+   ``model.safetensors`` and, for the CPD model, ``tokenizer/`` — self-contained, so loading
+   needs neither the original text-encoder directory nor a network. ``path`` may be the
+   directory or the ``.safetensors`` file (with ``config.json`` beside it). ``config.json`` is
+   ``{"format": "cpd-model", "format_version": 1, "model": <ModelConfig as dict>,
+   "text_config": <Hugging Face config dict of the text encoder, or null>}``.
+2. **Training checkpoint** (``.pt``/``.pth``, written with ``torch.save``; plain types only so
+   ``weights_only=True`` can read it)::
+
+       {"model": model.state_dict(),          # CPDModel or ResNet3d; a "module." prefix is allowed
+        "config": {"model": ModelConfig.to_dict(), ...other sections...},
+        ...anything else (optimizer, epoch, loss state, ...) is ignored here}
+
+   The text encoder is rebuilt from ``config["model"]["text_encoder"]`` (architecture only, the
+   weights come from the checkpoint), so that name or directory must resolve offline.
+3. **Official CPD-Video** pretraining or finetuning checkpoints (see ``cpd.models.official``).
+
+Every load is strict: missing keys, unexpected keys and shape mismatches raise
+:class:`cpd.errors.CheckpointError` listing them, and an unreadable file raises one naming it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cpd.errors import CheckpointError, CPDError
+from cpd.models.cpd import CPDModel, ModelConfig, build_model, build_video_model
+from cpd.models.official import official_checkpoint_from_dict, strip_prefix
+from cpd.models.resnet3d import ResNet3d
+from cpd.models.text import TextEncoder, build_hf_text_model
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "load_model",
+    "load_state_dict_strict",
+    "model_from_training_checkpoint",
+    "read_torch_file",
+    "save_model",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+_FORMAT = "cpd-model"
+_LIST_LIMIT = 20
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LIST_LIMIT])
+    return shown + (f", ... ({len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else "")
+
+
+def load_state_dict_strict(model: nn.Module, state: dict[str, Any], source: str) -> None:
+    """Load ``state`` into ``model`` or raise CheckpointError naming every bad key.
+
+    Checks missing keys, unexpected keys, non-tensor values and shape mismatches before
+    touching the model, so a failed load never leaves a partially loaded model behind.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    bad = []
+    for key in sorted(set(expected) & set(state)):
+        value = state[key]
+        if not isinstance(value, torch.Tensor):
+            bad.append(f"{key} (not a tensor: {type(value).__name__})")
+        elif value.shape != expected[key].shape:
+            bad.append(f"{key} (checkpoint {list(value.shape)}, model {list(expected[key].shape)})")
+    if bad:
+        problems.append(f"shape mismatches: {_listing(bad)}")
+    if problems:
+        raise CheckpointError(f"{source}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def read_torch_file(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` of a dict; anything else is a CheckpointError."""
+    try:
+        data = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file") from None
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(data).__name__}")
+    return data
+
+
+def _config_of(model: nn.Module) -> ModelConfig:
+    config = getattr(model, "config", None)
+    if not isinstance(config, ModelConfig):
+        raise ValueError("model has no ModelConfig in .config; build it with build_model()")
+    return config
+
+
+def save_model(model: CPDModel | ResNet3d, directory: str | Path) -> Path:
+    """Export ``model`` to ``directory`` (config.json, model.safetensors, tokenizer/)."""
+    from safetensors.torch import save_file
+
+    config = _config_of(model)
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    text_config = None
+    if isinstance(model, CPDModel):
+        text_config = model.textual_encoder.model.config.to_dict()
+        model.textual_encoder.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
+    meta = {
+        "format": _FORMAT,
+        "format_version": 1,
+        "model": config.to_dict(),
+        "text_config": text_config,
+    }
+    (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    # clone: safetensors refuses tensors that share storage (e.g. tied embeddings)
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_NAME), metadata={"format": _FORMAT})
+    return out
+
+
+def _model_config(data: Any, source: str) -> ModelConfig:
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{source}: model config is a {type(data).__name__}, not a dict")
+    try:
+        return ModelConfig.from_dict(data)
+    except CPDError as exc:
+        raise CheckpointError(f"{source}: bad model config: {exc}") from exc
+
+
+def _load_export(weights: Path, device: str | torch.device) -> nn.Module:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    config_path = weights.parent / CONFIG_NAME
+    try:
+        meta = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{config_path}: missing (an export needs config.json)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{config_path}: cannot read: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise CheckpointError(f"{config_path}: not a cpd model config (format != {_FORMAT!r})")
+    config = _model_config(meta.get("model"), str(config_path))
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"{weights}: cannot read weights: {exc}") from exc
+    if config.num_classes > 0:
+        model: nn.Module = build_model(config)
+    else:
+        text_config = meta.get("text_config")
+        tok_dir = weights.parent / TOKENIZER_DIR
+        if not isinstance(text_config, dict) or not tok_dir.is_dir():
+            raise CheckpointError(f"{weights.parent}: export lacks text_config or tokenizer/")
+        hf = build_hf_text_model(hf_config=text_config)
+        text = TextEncoder(
+            hf,
+            AutoTokenizer.from_pretrained(str(tok_dir)),
+            compat=config.text_compat,
+            max_length=config.text_max_length,
+        )
+        model = CPDModel(
+            build_video_model(config, num_classes=0),
+            text,
+            embed_dim=config.embed_dim,
+            text_head_dim=config.text_head_dim,
+        )
+        model.config = config
+    load_state_dict_strict(model, state, str(weights))
+    return model
+
+
+def model_from_training_checkpoint(data: dict[str, Any], source: str) -> nn.Module:
+    """Build and strictly load the model of a training checkpoint dict (format 2 above)."""
+    cfg = data.get("config")
+    if not isinstance(cfg, dict) or "model" not in cfg:
+        raise CheckpointError(f"{source}: training checkpoint lacks config['model']")
+    config = _model_config(cfg["model"], source)
+    state = data["model"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source}: 'model' is a {type(state).__name__}, not a state dict")
+    model = build_model(config, pretrained_text=False)
+    load_state_dict_strict(model, strip_prefix(state), source)
+    return model
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Load any supported model file or directory; returns it in eval mode on ``device``.
+
+    Returns a :class:`CPDModel` for exports/checkpoints of the two-tower model and official
+    pretraining checkpoints (DistilBERT in compatibility mode), a :class:`ResNet3d` for video
+    classifiers (num_classes > 0, official finetuning checkpoints).
+    """
+    p = Path(path)
+    if p.is_dir():
+        model = _load_export(p / WEIGHTS_NAME, device)
+    elif p.suffix == ".safetensors":
+        if not p.is_file():
+            raise CheckpointError(f"{p}: no such file")
+        model = _load_export(p, device)
+    else:
+        data = read_torch_file(p, device)
+        if "model" in data and "config" in data:
+            model = model_from_training_checkpoint(data, str(p))
+        else:
+            model = official_checkpoint_from_dict(data, str(p)).model
+    return model.to(device).eval()
