@@ -391,11 +391,11 @@ def read_instagram_json(
         if not video_id.strip():
             problems.add(where, "empty video id")
             continue
-        try:
-            file = resolve_video_path(Path(video_root), INSTAGRAM_FILE_PATTERN.format(video_id))
-        except ValueError as exc:
-            problems.add(where, str(exc))
+        if "/" in video_id or "\\" in video_id:
+            # the id becomes part of a file name; a separator would reach other folders
+            problems.add(where, "video id contains a path separator")
             continue
+        file = Path(video_root) / INSTAGRAM_FILE_PATTERN.format(video_id)
         if caption is None or subset is None:
             continue
         row_split = normalize_split(subset)
