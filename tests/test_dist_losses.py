@@ -18,8 +18,6 @@ import torch.nn.functional as F
 from cpd import dist
 from cpd.losses import InfoNCELoss, MemoryBankNCELoss, negative_generator, sample_indices
 
-pytestmark = pytest.mark.dist
-
 WORLD = 2
 N, D, K, T = 12, 8, 5, 0.07
 LOCAL_IDX = {  # index 2 on both ranks in step 0: a duplicate in the gathered batch
@@ -135,6 +133,7 @@ def _worker(rank: int, port: int) -> None:
         tdist.destroy_process_group()
 
 
+@pytest.mark.dist
 def test_losses_across_two_gloo_processes():
     mp.spawn(_worker, args=(dist.find_free_port(),), nprocs=WORLD, join=True)
 

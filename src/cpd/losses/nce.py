@@ -178,7 +178,7 @@ class MemoryBankNCELoss(nn.Module):
             terms["text_hard"] = per_neg.sum(dim=1).mean()
         terms["loss"] = torch.stack(list(terms.values())).sum()
         if update_memory:
-            self.update_memory(video, text, idx)
+            self._update(video, text, idx)
         return terms
 
     @torch.no_grad()
@@ -189,6 +189,10 @@ class MemoryBankNCELoss(nn.Module):
         gathered batch are averaged (see :meth:`MemoryBank.update`).
         """
         self._check_batch(video, text, idx)
+        self._update(video, text, idx)
+
+    @torch.no_grad()
+    def _update(self, video: torch.Tensor, text: torch.Tensor, idx: torch.Tensor) -> None:
         all_idx = dist.all_gather_no_grad(idx, self.group)
         self.video_bank.update(all_idx, dist.all_gather_no_grad(video, self.group), self.momentum)
         self.text_bank.update(all_idx, dist.all_gather_no_grad(text, self.group), self.momentum)
