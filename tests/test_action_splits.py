@@ -47,7 +47,7 @@ def test_packaged_split_1_counts(dataset, n_train, n_test, n_classes, first_clas
     assert {r.label for r in train.records} == set(range(n_classes))
     assert not {r.video_id for r in train.records} & {r.video_id for r in test.records}
     r = test.records[0]
-    assert r.path == Path("/videos") / r.label_name / f"{r.video_id}.avi"
+    assert r.path == f"/videos/{r.label_name}/{r.video_id}.avi"
     assert train.classes[r.label] == r.label_name
 
 
@@ -109,7 +109,7 @@ def test_ucf101_official_lists(tmp_path: Path) -> None:
     train = read_ucf101(lists, tmp_path / "UCF-101", 1, "train")
     assert train.classes == ("ApplyEyeMakeup", "Archery", "YoYo")
     assert train.records[1] == ActionRecord(
-        1, "v_YoYo_g08_c01", tmp_path / "UCF-101/YoYo/v_YoYo_g08_c01.avi", 2, "YoYo", "train"
+        1, "v_YoYo_g08_c01", str(tmp_path / "UCF-101/YoYo/v_YoYo_g08_c01.avi"), 2, "YoYo", "train"
     )
     test = read_ucf101(lists, tmp_path / "UCF-101", 1, "test")
     assert [(r.index, r.label, r.split) for r in test.records] == [(0, 1, "test"), (1, 2, "test")]
@@ -168,7 +168,7 @@ def test_hmdb51_official_lists(tmp_path: Path) -> None:
         (0, "Brushing [HD] 1", 0),
         (1, "w1", 1),
     ]
-    assert train.records[0].path == tmp_path / "hmdb51/brush_hair/Brushing [HD] 1.avi"
+    assert train.records[0].path == str(tmp_path / "hmdb51/brush_hair/Brushing [HD] 1.avi")
     test = read_hmdb51(splits, tmp_path / "hmdb51", 1, "test")
     assert [r.video_id for r in test.records] == ["b2", "w2"]  # k=0 (w3) is unused
 

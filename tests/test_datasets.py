@@ -119,8 +119,14 @@ def test_captions_tokenised_once_at_construction() -> None:
 
 def test_default_tokenizer_pads_and_cuts_to_64() -> None:
     records = captions(2)
-    records[1] = CaptionRecord(1, "v1", Path("/data/v1.mp4"), "a very long caption " * 40, "train")
+    records[1] = CaptionRecord(1, "v1", "/data/v1.mp4", "a very long caption " * 40, "train")
     ds = VideoCaptionDataset(records, loader=FakeLoader())  # all-MiniLM-L6-v2 WordPiece, offline
+    # the fast path (Rust backend) gives exactly what the tokenizer's own call gives
+    texts = [r.caption for r in records] + ["Émoji 🎉 #tag", "", "x"]
+    expected = ds.tokenizer(texts, padding="max_length", truncation=True, max_length=64)
+    ids, mask = tokenize_captions(texts, ds.tokenizer, 64)
+    assert ids.tolist() == expected["input_ids"] and mask.tolist() == expected["attention_mask"]
+    assert ds.tokenizer("a b")["input_ids"] == [101, 1037, 1038, 102]  # caller's copy untouched
     short, long = ds[0], ds[1]
     assert short["input_ids"].shape == long["input_ids"].shape == (64,)
     assert short["input_ids"][0] == 101 and long["input_ids"][63] == 102  # [CLS] ... [SEP]

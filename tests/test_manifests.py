@@ -44,7 +44,11 @@ def test_instagram_json_records_and_split_filter(tmp_path: Path) -> None:
     assert [r.video_id for r in train] == ["111", "333"]
     assert [r.index for r in train] == [0, 1]
     assert train[0] == CaptionRecord(
-        0, "111", tmp_path / "videos" / "trimmed_resize_111.mp4", "sunset at the beach", "train"
+        0,
+        "111",
+        str(tmp_path / "videos" / "trimmed_resize_111.mp4"),
+        "sunset at the beach",
+        "train",
     )
     assert dict(train[1].meta) == {"likes": 7}
     val = read_instagram_json(path, tmp_path / "videos", split="validation")
@@ -108,7 +112,7 @@ def test_jsonl_records_meta_and_splits(tmp_path: Path) -> None:
     everything = read_caption_jsonl(path, tmp_path)
     assert [r.index for r in everything] == [0, 1, 2, 3]
     assert [r.split for r in everything] == ["train", "val", "train", None]
-    assert everything[0].path == tmp_path / "a" / "1.mp4"
+    assert everything[0].path == str(tmp_path / "a" / "1.mp4")
     assert everything[0].video_id == "a/1" == everything[2].video_id
     assert dict(everything[0].meta) == {"meta": {"src": "webvid"}}
     train = read_caption_manifest(path, tmp_path, split="training")
@@ -162,7 +166,7 @@ def test_problem_list_is_capped_with_count(tmp_path: Path) -> None:
 def test_path_inside_root_with_dotdot_is_allowed(tmp_path: Path) -> None:
     text = '{"video": "a/../b/v.mp4", "caption": "x"}\n'
     (record,) = read_caption_jsonl(write(tmp_path / "m.jsonl", text), tmp_path)
-    assert record.path == tmp_path / "b" / "v.mp4"
+    assert record.path == str(tmp_path / "b" / "v.mp4")
 
 
 # ---------------------------------------------------------------- CSV

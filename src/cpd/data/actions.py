@@ -9,6 +9,7 @@ split files the "validation" subset *is* the test list); ``None`` keeps every vi
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from collections.abc import Sequence
@@ -46,11 +47,14 @@ _SUBSETS = {
 
 @dataclass(frozen=True)
 class ActionRecord:
-    """One labelled video: ``label`` is 0-based, ``label_name`` its class, ``split`` train/test."""
+    """One labelled video: ``label`` is 0-based, ``label_name`` its class, ``split`` train/test.
+
+    ``path`` is the video file (root joined) as a ``str``, as in :class:`CaptionRecord`.
+    """
 
     index: int
     video_id: str
-    path: Path
+    path: str
     label: int
     label_name: str
     split: str | None
@@ -101,7 +105,7 @@ class _Builder:
         problems: Problems,
         where: str,
         video_id: str,
-        path: Path,
+        path: str,
         class_name: str,
         split: str | None,
     ) -> None:
@@ -194,7 +198,7 @@ def read_ucf101(
                     )
                     continue
             try:
-                video = resolve_video_path(Path(video_root), relative)
+                video = resolve_video_path(video_root, relative)
             except ValueError as exc:
                 problems.add(where, str(exc))
                 continue
@@ -249,7 +253,7 @@ def read_hmdb51(
             if "/" in name or "\\" in name:
                 problems.add(where, f"video name {name!r} must not contain a folder")
                 continue
-            video = Path(video_root) / class_name / name
+            video = os.path.join(video_root, class_name, name)
             builder.add(
                 problems,
                 where,
@@ -304,7 +308,7 @@ def read_split_json(
             problems.add(where, "missing 'annotations': {'label': <class>}")
             continue
         try:
-            video = resolve_video_path(Path(video_root), f"{label}/{video_id}{ext}")
+            video = resolve_video_path(video_root, f"{label}/{video_id}{ext}")
         except ValueError as exc:
             problems.add(where, str(exc))
             continue
@@ -342,7 +346,7 @@ def read_action_csv(
             problems.add(where, f"split {split_name!r} is not train/test")
             continue
         try:
-            video = resolve_video_path(Path(video_root), row["video"])
+            video = resolve_video_path(video_root, row["video"])
         except ValueError as exc:
             problems.add(where, str(exc))
             continue

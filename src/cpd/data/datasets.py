@@ -22,6 +22,7 @@ so with W workers the check sees roughly 1/W of the traffic (the ratio is unchan
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -165,25 +166,51 @@ def tokenize_captions(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokenise all captions once: ``(input_ids int32 [N, L], attention_mask uint8 [N, L])``.
 
-    Padded to ``max_tokens`` and truncated there (special tokens included). Stored narrow to
-    keep 300k captions small; samples hand them out as int64.
+    Padded to ``max_tokens`` and truncated there (special tokens included), as the tokenizer's
+    ``__call__`` does with ``padding="max_length", truncation=True``. Stored narrow to keep
+    300k captions small (90 MiB at L=64); samples hand them out as int64.
     """
-    ids, masks = [], []
+    ids: list[torch.Tensor] = []
+    masks: list[torch.Tensor] = []
+    backend = _padded_backend(tokenizer, max_tokens)
     for start in range(0, len(captions), chunk):
+        texts = list(captions[start : start + chunk])
+        if backend is not None:
+            encodings = backend.encode_batch(texts)
+            ids.append(torch.from_numpy(np.array([e.ids for e in encodings], dtype=np.int32)))
+            masks.append(
+                torch.from_numpy(np.array([e.attention_mask for e in encodings], dtype=np.uint8))
+            )
+            continue
         enc = tokenizer(
-            list(captions[start : start + chunk]),
-            padding="max_length",
-            truncation=True,
-            max_length=max_tokens,
-            return_tensors="pt",
+            texts, padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt"
         )
         ids.append(enc["input_ids"].to(torch.int32))
         masks.append(enc["attention_mask"].to(torch.uint8))
     if not ids:
-        return torch.zeros(0, max_tokens, dtype=torch.int32), torch.zeros(
-            0, max_tokens, dtype=torch.uint8
-        )
+        empty = torch.zeros(0, max_tokens)
+        return empty.to(torch.int32), empty.to(torch.uint8)
     return torch.cat(ids), torch.cat(masks)
+
+
+def _padded_backend(tokenizer: Any, max_tokens: int) -> Any:
+    """A copy of a fast tokenizer's Rust backend set to pad/truncate to ``max_tokens``, or None.
+
+    Calling the backend directly skips the Python wrapper's per-caption work (about 2x faster
+    on 300k captions); the output is the same as ``tokenizer(..., padding="max_length")``.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if not getattr(tokenizer, "is_fast", False) or backend is None or tokenizer.pad_token is None:
+        return None
+    backend = copy.deepcopy(backend)  # the settings below must not leak into the caller's one
+    backend.enable_truncation(max_tokens, direction=getattr(tokenizer, "truncation_side", "right"))
+    backend.enable_padding(
+        direction=getattr(tokenizer, "padding_side", "right"),
+        length=max_tokens,
+        pad_id=tokenizer.pad_token_id,
+        pad_token=tokenizer.pad_token,
+    )
+    return backend
 
 
 def _default_loader(name: str) -> Callable[..., torch.Tensor]:
@@ -222,9 +249,9 @@ class VideoCaptionDataset(_FailSafeDataset):
         super().__init__(len(records), seed, FailurePolicy(max_failure_ratio, min_failures))
         self.records = list(records)
         self.paths = [str(r.path) for r in self.records]
-        tokenizer = default_tokenizer() if tokenizer is None else tokenizer
+        self.tokenizer = default_tokenizer() if tokenizer is None else tokenizer
         self.input_ids, self.attention_mask = tokenize_captions(
-            [r.caption for r in self.records], tokenizer, max_tokens
+            [r.caption for r in self.records], self.tokenizer, max_tokens
         )
         self.clip_args = dict(
             num_frames=num_frames,

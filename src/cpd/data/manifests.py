@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,12 +74,13 @@ class CaptionRecord:
     """One video-caption pair.
 
     ``index`` is stable for a given manifest and split filter (see the module docstring);
-    ``path`` is the video file (data root joined); ``meta`` holds the manifest's extra columns.
+    ``path`` is the video file, data root joined, as a ``str`` (cheap to build and to pickle
+    into DataLoader workers for 300k records); ``meta`` holds the manifest's extra columns.
     """
 
     index: int
     video_id: str
-    path: Path
+    path: str
     caption: str
     split: str | None
     meta: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
@@ -111,7 +113,7 @@ class Problems:
         raise DataError("\n".join(lines))
 
 
-def resolve_video_path(root: Path, relative: str) -> Path:
+def resolve_video_path(root: str | os.PathLike, relative: str) -> str:
     """Join a manifest path to the data root; raise ``ValueError`` if it is absolute or escapes it.
 
     Both ``/`` and ``\\`` separate components, so a manifest written on Windows cannot escape
@@ -127,7 +129,7 @@ def resolve_video_path(root: Path, relative: str) -> Path:
     normal = posixpath.normpath(text)
     if normal == ".." or normal.startswith("../"):
         raise ValueError(f"video path {relative!r} escapes the data root")
-    return Path(root) / normal
+    return os.path.join(root, normal)
 
 
 def read_bytes(path: Path) -> bytes:
@@ -179,7 +181,7 @@ def _text_field(row: Mapping[str, Any], key: str, where: str, problems: Problems
 
 def _records_from_rows(
     rows: Iterable[tuple[str, Mapping[str, Any]]],
-    root: Path,
+    root: str | os.PathLike,
     split: str | None,
     problems: Problems,
 ) -> list[CaptionRecord]:
@@ -259,7 +261,7 @@ def read_caption_jsonl(
                 continue
             yield where, obj
 
-    records = _records_from_rows(rows(), Path(root), split, problems)
+    records = _records_from_rows(rows(), root, split, problems)
     problems.raise_if_any()
     return records
 
@@ -280,7 +282,7 @@ def read_caption_csv(
         for key in ("split", "id"):
             if key in row and not row[key].strip():
                 del row[key]
-    records = _records_from_rows(rows, Path(root), split, problems)
+    records = _records_from_rows(rows, root, split, problems)
     problems.raise_if_any()
     return records
 
@@ -395,7 +397,7 @@ def read_instagram_json(
             # the id becomes part of a file name; a separator would reach other folders
             problems.add(where, "video id contains a path separator")
             continue
-        file = Path(video_root) / INSTAGRAM_FILE_PATTERN.format(video_id)
+        file = os.path.join(video_root, INSTAGRAM_FILE_PATTERN.format(video_id))
         if caption is None or subset is None:
             continue
         row_split = normalize_split(subset)
