@@ -2,7 +2,10 @@
 
 Randomness: a sample's clip is drawn with a seed derived from ``(seed, epoch, index)`` only, so
 the same sample in the same epoch gives the same clip in any process, worker or resumed run.
-Call ``set_epoch(epoch)`` at the start of each epoch.
+Call ``set_epoch(epoch)`` at the start of each epoch. DataLoader workers hold copies of the
+dataset: with ``persistent_workers=True`` they keep the epoch they were started with, so use
+non-persistent workers (the default, re-created from the dataset each epoch) or re-create the
+loader after ``set_epoch``.
 
 Failure policy (both datasets): when the loader raises :class:`~cpd.errors.VideoDecodeError`,
 the path and reason are logged once (a ``logging`` warning on ``cpd.data``), the video is
@@ -54,7 +57,7 @@ _REPLACE_STREAM = 1
 
 def derive_seed(seed: int, epoch: int, index: int, stream: int = _CLIP_STREAM) -> int:
     """A 63-bit seed mixed from ``(seed, epoch, index, stream)`` (numpy ``SeedSequence``)."""
-    words = [int(seed) & 0xFFFFFFFF, int(epoch), int(index), int(stream)]
+    words = [int(seed) % (1 << 64), int(epoch), int(index), int(stream)]  # negative seeds too
     state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
     return int((int(state[0]) << 31) ^ int(state[1]))
 
