@@ -23,6 +23,7 @@ model calls ``.train()`` (the official code left frozen DistilBERT in train mode
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,18 @@ def load_tokenizer(name_or_path: str = DEFAULT_TEXT_ENCODER) -> Any:
     return AutoTokenizer.from_pretrained(_resolve(name_or_path))
 
 
+def _skip_init() -> contextlib.AbstractContextManager[Any]:
+    """Context in which Hugging Face models skip weight initialisation (a load follows)."""
+    try:
+        from transformers.initialization import no_init_weights  # transformers >= 5
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights  # transformers 4.x
+        except ImportError:
+            return contextlib.nullcontext()
+    return no_init_weights()
+
+
 def build_hf_text_model(
     name_or_path: str = DEFAULT_TEXT_ENCODER,
     *,
@@ -80,28 +93,35 @@ def build_hf_text_model(
 ) -> nn.Module:
     """The bare Hugging Face encoder, float32.
 
-    ``pretrained=False`` builds the architecture only (random weights), for when a checkpoint
-    will supply every weight; ``hf_config`` (a ``PretrainedConfig.to_dict()``) then describes
-    the architecture without needing ``name_or_path`` at all.
+    ``pretrained=False`` builds the architecture only and skips weight initialisation (the
+    weights are garbage until loaded), for when a checkpoint supplies every weight; so does
+    ``hf_config`` (a ``PretrainedConfig.to_dict()``), which describes the architecture without
+    needing ``name_or_path`` at all.
     """
     from transformers import AutoConfig, AutoModel, DistilBertConfig, DistilBertModel
 
     if hf_config is not None:
         cfg = dict(hf_config)
         config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-        model = AutoModel.from_config(config)
+        with _skip_init():
+            model = AutoModel.from_config(config)
     elif _is_builtin_distilbert(name_or_path):
-        if pretrained:
+        if pretrained:  # random but properly initialised
             warnings.warn(
                 f"{DISTILBERT!r} is built from its configuration with random weights (nothing is "
                 "downloaded); load a checkpoint or pass a local directory with its weights",
                 stacklevel=2,
             )
-        model = DistilBertModel(DistilBertConfig())
+            model = DistilBertModel(DistilBertConfig())
+        else:
+            with _skip_init():
+                model = DistilBertModel(DistilBertConfig())
     elif pretrained:
-        model = AutoModel.from_pretrained(_resolve(name_or_path), dtype=torch.float32)
+        model = AutoModel.from_pretrained(_resolve(name_or_path))
     else:
-        model = AutoModel.from_config(AutoConfig.from_pretrained(_resolve(name_or_path)))
+        config = AutoConfig.from_pretrained(_resolve(name_or_path))
+        with _skip_init():
+            model = AutoModel.from_config(config)
     # BERT-style pooler heads are never used (we mean-pool token features); dropping them keeps
     # every trainable parameter on the gradient path.
     if getattr(model, "pooler", None) is not None:
