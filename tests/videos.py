@@ -69,20 +69,29 @@ def write_video(
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
         if codec in ("libx264", "h264"):
-            stream.options = {"bf": str(bframes), "g": str(gop), "keyint_min": str(gop),
-                              "sc_threshold": "0", "crf": "18"}
+            stream.options = {
+                "bf": str(bframes),
+                "g": str(gop),
+                "keyint_min": str(gop),
+                "sc_threshold": "0",
+                "crf": "18",
+            }
         elif codec in ("libvpx", "libvpx-vp9"):
             stream.options = {"g": str(gop), "crf": "20", "b": "0"}
         else:
             stream.options = {"g": str(gop)}
             stream.bit_rate = 2_000_000
+        # the muxer may change stream.time_base once the header is written (mp4 does), so
+        # frames and encoder keep their own copy of the unit their pts count in
+        pts_unit = time_base or Fraction(1, 1000)
         if pts is not None:
-            stream.time_base = time_base or Fraction(1, 1000)
+            stream.time_base = pts_unit
+            stream.codec_context.time_base = pts_unit
         for i in range(num_frames):
             frame = av.VideoFrame.from_ndarray(index_frame(i, width, height), format="rgb24")
             if pts is not None:
                 frame.pts = pts[i]
-                frame.time_base = stream.time_base
+                frame.time_base = pts_unit
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():

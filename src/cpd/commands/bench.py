@@ -1,0 +1,193 @@
+"""Speed benchmarks, each printing one JSON line.
+
+cpd bench load VIDEO... [--clips N] [--num-frames 8 --stride 4 --crop-size 112]
+    training-clip loading, one process, one thread: ours, the decode-only bound on the same
+    windows, and the official loader re-implemented (cpd.video.official).
+cpd bench load --make-sample sample.mp4
+    write the reference input: 640x272, 30 fps, 10 s, H.264 with B-frames, moving shapes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Each benchmark is a sub-subcommand; register new ones in ``_BENCHES`` below."""
+    sub = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    load = sub.add_parser("load", help="clip loading throughput (one thread)")
+    load.add_argument("videos", nargs="*", metavar="VIDEO", help="video files to load clips from")
+    load.add_argument("--clips", type=int, default=100, help="clips per timed pass (default 100)")
+    load.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="timed passes of each loader, interleaved; medians are reported",
+    )
+    load.add_argument("--num-frames", type=int, default=8)
+    load.add_argument("--stride", type=int, default=4)
+    load.add_argument("--crop-size", type=int, default=112)
+    load.add_argument(
+        "--make-sample",
+        metavar="PATH",
+        help="write the reference 640x272 H.264 sample to PATH (and bench it)",
+    )
+    # `step` (training-step throughput) is added here by its own function, like `load`.
+
+
+def run(args: argparse.Namespace) -> int:
+    return _BENCHES[args.bench](args)
+
+
+def write_sample(
+    path: str | Path,
+    width: int = 640,
+    height: int = 272,
+    fps: int = 30,
+    seconds: float = 10.0,
+    gop: int = 60,
+    bframes: int = 3,
+) -> Path:
+    """Write a natural-ish test video: a panning gradient, textured ground, moving shapes.
+
+    Random noise compresses badly and is unrealistic; smooth motion gives x264 the P/B-frame
+    structure of real footage. GOP 60 (2 s) and 3 B-frames (x264's default) are typical of
+    web video.
+    """
+    import av
+
+    path = Path(path)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    texture = np.random.default_rng(0).integers(0, 24, (height, width * 2), dtype=np.uint8)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {
+            "bf": str(bframes),
+            "g": str(gop),
+            "keyint_min": str(gop),
+            "crf": "23",
+            "preset": "medium",
+        }
+        for i in range(int(seconds * fps)):
+            t = i / fps
+            img = np.empty((height, width, 3), np.float32)
+            img[..., 0] = 110 + 60 * np.sin(xx / 90 + t * 0.8) * np.cos(yy / 70)
+            img[..., 1] = 120 + 50 * np.sin(yy / 50 - t * 0.5)
+            img[..., 2] = 130 + 60 * np.cos((xx + yy) / 120 + t * 0.3)
+            shift = int(t * 40) % width  # a camera pan over a fixed texture on the lower half
+            img[height // 2 :] += texture[height // 2 :, shift : shift + width, None]
+            for k in range(5):
+                cx = width / 2 + width * 0.35 * np.sin(t * (0.7 + 0.3 * k) + k)
+                cy = height / 2 + height * 0.3 * np.cos(t * (0.5 + 0.2 * k) + 2 * k)
+                r = 18 + 6 * k
+                mask = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+                img[mask] = (40 * k + 30, 200 - 30 * k, 60 + 35 * k)
+            frame = av.VideoFrame.from_ndarray(img.clip(0, 255).astype(np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _bench_load(args: argparse.Namespace) -> int:
+    import torch
+
+    from cpd.video import sampling
+    from cpd.video.clip import load_clip
+    from cpd.video.decode import DecodeStats, clear_index_cache, open_video
+    from cpd.video.official import official_clip
+    from cpd.video.transforms import default_scale_range, make_generator
+
+    torch.set_num_threads(1)
+    videos = list(args.videos)
+    if args.make_sample:
+        videos.append(str(write_sample(args.make_sample)))
+    if not videos:
+        raise SystemExit("cpd bench load: give VIDEO files or --make-sample PATH")
+    nf, stride, crop = args.num_frames, args.stride, args.crop_size
+    scale_range = default_scale_range(crop)
+
+    # each loader makes clip i of the pass; clip i uses the same window in all of them
+    def ours(i: int, stats: DecodeStats) -> None:
+        load_clip(videos[i % len(videos)], nf, stride, crop, train=True, seed=i, stats=stats)
+
+    def ours_cold(i: int, stats: DecodeStats) -> None:
+        clear_index_cache()
+        ours(i, stats)
+
+    def bound(i: int, stats: DecodeStats) -> None:
+        with open_video(videos[i % len(videos)]) as video:
+            n, fps = video.index.num_frames, video.index.fps
+            # the same first draw as load_clip(seed=i): the same window
+            idx = sampling.random_window(n, nf, stride, fps, make_generator(i))
+            video.span(idx[0], idx[-1], stats)
+
+    def official(i: int, stats: DecodeStats) -> None:
+        path = videos[i % len(videos)]
+        rngs = random.Random(i), np.random.default_rng(i)
+        official_clip(path, *rngs, nf, stride, crop, scale_range, stats)
+
+    loaders = {"ours": ours, "ours_cold_index": ours_cold, "bound": bound, "official": official}
+    names = list(loaders)
+    wall: dict[str, list[float]] = {k: [] for k in loaders}
+    cpu: dict[str, list[float]] = {k: [] for k in loaders}
+    frames: dict[str, float] = {}
+    for name in names:  # warm-up: index cache, allocator, swscale contexts
+        for i in range(min(args.clips, 5)):
+            loaders[name](i, DecodeStats())
+    for _ in range(args.repeat):
+        spent = {k: [0.0, 0.0] for k in names}
+        stats = {k: DecodeStats() for k in names}
+        for i in range(args.clips):
+            # the loaders take turns clip by clip, in a rotating order, so that load from
+            # other processes on a shared machine falls on all of them alike
+            for k in range(len(names)):
+                name = names[(i + k) % len(names)]
+                w0, c0 = time.perf_counter(), time.process_time()
+                loaders[name](i, stats[name])
+                spent[name][0] += time.perf_counter() - w0
+                spent[name][1] += time.process_time() - c0
+        for name in names:
+            wall[name].append(args.clips / spent[name][0])
+            cpu[name].append(args.clips / max(spent[name][1], 1e-9))
+            frames[name] = stats[name].frames_decoded / args.clips
+    w = {k: statistics.median(v) for k, v in wall.items()}
+    c = {k: statistics.median(v) for k, v in cpu.items()}
+    result = {
+        "clips_per_s": round(w["ours"], 2),
+        "decode_bound_clips_per_s": round(w["bound"], 2),
+        "official_clips_per_s": round(w["official"], 2),
+        "speedup_vs_official": round(w["ours"] / w["official"], 2),
+        "fraction_of_decode_bound": round(w["ours"] / w["bound"], 3),
+        "frames_decoded_per_clip": round(frames["ours"], 2),
+        "decode_bound_frames_per_clip": round(frames["bound"], 2),
+        "official_frames_decoded_per_clip": round(frames["official"], 2),
+        # without the in-process index cache (each clip pays a packet scan): a first epoch
+        "cold_index_clips_per_s": round(w["ours_cold_index"], 2),
+        # the same from process CPU time, steadier than wall time on a shared machine
+        "cpu_clips_per_s": {k: round(v, 2) for k, v in c.items()},
+        "cpu_speedup_vs_official": round(c["ours"] / c["official"], 2),
+        "cpu_fraction_of_decode_bound": round(c["ours"] / c["bound"], 3),
+        "wall_runs": {k: [round(r, 2) for r in v] for k, v in wall.items()},
+        "clips": args.clips,
+        "repeat": args.repeat,
+        "num_frames": nf,
+        "stride": stride,
+        "crop_size": crop,
+        "threads": torch.get_num_threads(),
+        "videos": videos,
+    }
+    print(json.dumps(result))
+    return 0
+
+
+_BENCHES = {"load": _bench_load}

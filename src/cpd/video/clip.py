@@ -1,0 +1,100 @@
+"""``load_clip`` and ``load_clips``: sampling + decoding + transforms for one video file."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from cpd.video import sampling, transforms
+from cpd.video.decode import INTERPOLATION, DecodeStats, open_video
+
+
+def load_clip(
+    path: str | os.PathLike,
+    num_frames: int = 8,
+    stride: int = 4,
+    crop_size: int = 112,
+    train: bool = True,
+    seed: int | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    scale_range: tuple[int, int] | None = None,
+    hflip: float = 0.5,
+    mean: Sequence[float] = transforms.MEAN,
+    std: Sequence[float] = transforms.STD,
+    target_fps: float = sampling.TARGET_FPS,
+    interpolation: str = INTERPOLATION,
+    stats: DecodeStats | None = None,
+) -> torch.Tensor:
+    """One normalised clip of ``path`` as float32 ``[3, num_frames, crop_size, crop_size]``.
+
+    Train mode: a random window of ``num_frames * stride`` frames at ``target_fps``, short side
+    scaled to a size drawn from ``scale_range`` (default [128, 170] for 112 crops, [256, 340]
+    for 224), a random crop and a horizontal flip with probability ``hflip`` (pass 0 where
+    captions name directions). The draws come from ``generator`` if given, else from a
+    generator seeded with ``seed`` (fresh OS entropy when ``seed`` is None), so equal seeds and
+    arguments give equal clips. Test mode: the centre window, short side resized to
+    ``crop_size``, the centre crop. Raises :class:`cpd.errors.VideoDecodeError` for bad files.
+    """
+    with open_video(path) as video:
+        index = video.index
+        if train:
+            g = generator if generator is not None else transforms.make_generator(seed)
+            scale_range = scale_range or transforms.default_scale_range(crop_size)
+            if scale_range[0] < crop_size:
+                raise ValueError(f"scale range {scale_range} goes below the crop size {crop_size}")
+            indices = sampling.random_window(
+                index.num_frames, num_frames, stride, index.fps, g, target_fps
+            )
+            short = transforms.draw_scale(g, scale_range)
+        else:
+            g = None
+            indices = sampling.centre_window(
+                index.num_frames, num_frames, stride, index.fps, target_fps
+            )
+            short = crop_size
+        size = transforms.short_side_size(index.height, index.width, short)
+        frames = video.frames(indices, size, interpolation=interpolation, stats=stats)
+    return transforms.crop_flip_normalize(
+        torch.from_numpy(frames), crop_size, g, hflip=hflip, mean=mean, std=std
+    )
+
+
+def load_clips(
+    path: str | os.PathLike,
+    num_clips: int = 10,
+    num_crops: int = 3,
+    num_frames: int = 8,
+    stride: int = 4,
+    crop_size: int = 112,
+    *,
+    mean: Sequence[float] = transforms.MEAN,
+    std: Sequence[float] = transforms.STD,
+    target_fps: float = sampling.TARGET_FPS,
+    interpolation: str = INTERPOLATION,
+    stats: DecodeStats | None = None,
+) -> torch.Tensor:
+    """The multi-view test clips of ``path``: float32 ``[num_clips * num_crops, 3, T, S, S]``.
+
+    ``num_clips`` uniformly spaced windows (see :mod:`cpd.video.sampling`), short side resized
+    to ``crop_size``, and ``num_crops`` crops along the long side (left/centre/right for
+    landscape, top/centre/bottom for portrait; one crop is the centre). Order is clip-major:
+    view ``c * num_crops + j`` is window ``c``, crop ``j``. The union of the frames of all
+    windows is decoded once.
+    """
+    with open_video(path) as video:
+        index = video.index
+        windows = sampling.uniform_windows(
+            index.num_frames, num_clips, num_frames, stride, index.fps, target_fps
+        )
+        size = transforms.short_side_size(index.height, index.width, crop_size)
+        flat = np.asarray(windows, dtype=np.int64).reshape(-1)
+        decoded = video.frames(flat, size, interpolation=interpolation, stats=stats)
+    frames = torch.from_numpy(decoded).view(num_clips, num_frames, *size, 3)
+    views = []
+    for c in range(num_clips):
+        views.extend(transforms.spatial_views(frames[c], crop_size, num_crops, mean=mean, std=std))
+    return torch.stack(views)

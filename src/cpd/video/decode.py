@@ -1,0 +1,504 @@
+"""Video decoding with PyAV: the only module of ``cpd`` that opens video files.
+
+Frame identity. "Frame ``i``" is the i-th frame in presentation order of a full sequential
+decode. Container headers often lack or misstate the frame count (``stream.frames`` is 0 for
+.webm/.mkv and wrong for some .avi/.mp4), so we never use it. Instead :func:`video_index` does
+one cheap packet-level scan (demux only, no decoding) and records every frame's presentation
+timestamp (pts), sorted, plus the keyframes. Index ``i`` <-> ``pts[i]`` then holds for any
+frame rate, variable ones included. The index is cached in-process per (path, size, mtime).
+If packets carry no usable pts (missing or duplicated), or a decode ever disagrees with the
+index, we fall back to counting frames in a full sequential decode, which is the definition.
+
+Selective decoding. For the wanted frames we seek to the keyframe before each group of them,
+decode up to the last wanted frame and stop. Packets whose frame is not wanted are decoded with
+``skip_frame = "NONREF"``: FFmpeg then drops them if no other frame references them, which is
+safe (nothing needs a non-reference frame) and saves a large share of the work on B-frame
+streams. Only wanted frames are converted to RGB, and they are resized during that conversion
+(swscale), never as float tensors.
+
+Decoding is single-threaded (``thread_count = 1``, scaling with ``threads=1``): frame threading
+returns frames late, which breaks the per-packet ``skip_frame`` switch, and threaded decoding
+as configured by the official code hangs with PyAV 18. Every container is closed by ``with``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from cpd.errors import VideoDecodeError
+
+INTERPOLATION = "BILINEAR"
+_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class VideoIndex:
+    """What a packet scan tells about a video's frames; see the module docstring."""
+
+    pts: np.ndarray  # int64 [n]: pts of frame i; arange(n) when not seekable
+    keyframes: np.ndarray  # int64 [k]: frame index of each keyframe, ascending
+    seek_ts: np.ndarray  # int64 [k]: timestamp to seek to for that keyframe (its dts)
+    fps: float
+    width: int
+    height: int
+    seekable: bool  # False: pts unusable, frames are found by counting a sequential decode
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.pts.shape[0])
+
+
+@dataclass
+class DecodeStats:
+    """Counters that callers (the benchmark) may pass in to see the work done."""
+
+    frames_decoded: int = 0  # frames the decoder output (skipped frames are not output)
+    frames_converted: int = 0
+    seeks: int = 0
+    fallbacks: int = 0  # times a decode disagreed with the index and we decoded sequentially
+
+
+class _Mismatch(Exception):
+    """A selective decode did not return the frames the index promised (internal signal)."""
+
+
+_index_cache: OrderedDict[tuple, VideoIndex] = OrderedDict()
+
+
+def clear_index_cache() -> None:
+    """Forget every cached packet scan (e.g. after rewriting files in place)."""
+    _index_cache.clear()
+
+
+def _cache_key(path: str) -> tuple:
+    st = os.stat(path)
+    return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@contextmanager
+def _open(path: str | os.PathLike) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
+    """Open ``path`` and yield (container, first video stream); FFmpeg errors become ours."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise VideoDecodeError(path, "no such file")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "empty file")
+    container = _open_fast(path)
+    if container is None:
+        try:
+            container = av.open(path, metadata_errors="ignore")
+        except av.FFmpegError as e:
+            raise VideoDecodeError(path, f"cannot open: {e}") from e
+    with container:
+        if not container.streams.video:
+            raise VideoDecodeError(path, "no video stream")
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        yield container, stream
+
+
+def _open_fast(path: str) -> av.container.InputContainer | None:
+    """Open without FFmpeg's stream probing, or return None where that loses information.
+
+    ``av.open`` runs ``avformat_find_stream_info``, which reads ahead and decodes the first
+    frames (an H.264 keyframe at least) to fill in codec parameters we do not need: 3 of the
+    4 ms an open of a 640x272 mp4 costs. Containers that declare their streams in the header
+    (mp4, mkv, webm, avi) give stream, size and time base without it; anything else (no video
+    stream or no size found this way) is reopened the normal way by the caller.
+    """
+    try:
+        container = av.open(
+            path,
+            metadata_errors="ignore",
+            options={"skip_frame": "all"},
+            container_options={"analyzeduration": "0", "probesize": "32"},
+        )
+    except av.FFmpegError:
+        return None
+    video = container.streams.video
+    if video and video[0].codec_context.width > 0 and video[0].codec_context.height > 0:
+        return container
+    container.close()
+    return None
+
+
+def _fps_of(pts: np.ndarray, stream: av.VideoStream) -> float:
+    """Average frame rate from the frame timestamps; header rates only when that is impossible."""
+    if pts.shape[0] >= 2 and stream.time_base is not None and pts[-1] > pts[0]:
+        return float((pts.shape[0] - 1) / ((pts[-1] - pts[0]) * stream.time_base))
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate:
+            return float(rate)
+    return 30.0
+
+
+def _seek_targets(key_pts: np.ndarray, key_dts: np.ndarray, last_pts: int) -> np.ndarray:
+    """Timestamp to seek to for each keyframe, so that a backward seek lands on it.
+
+    Demuxers index keyframes by dts (avi), pts (mkv, webm) or dts plus a shift (mp4). We seek
+    to just before the next keyframe's dts: every index timestamp of this keyframe is at or
+    below that and every one of the next keyframe above it. Where the next keyframe's dts is
+    not after this one's pts (GOPs shorter than the B-frame delay) we seek to this one's dts,
+    which may land a keyframe earlier (more decoding) but never later.
+    """
+    targets = np.empty_like(key_pts)
+    if key_pts.size:
+        targets[-1] = max(last_pts, int(key_pts[-1]))
+        nxt = key_dts[1:] - 1
+        targets[:-1] = np.where(nxt >= key_pts[:-1], nxt, key_dts[:-1])
+    return targets
+
+
+def _scan(path: str, container: av.container.InputContainer, stream: av.VideoStream) -> VideoIndex:
+    """Index by demuxing every packet of the stream (no decoding); leaves the container at EOF."""
+    pts, key_pts, key_dts = [], [], []
+    usable = True
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.is_discard:  # flush packets; edit-list cut frames
+                continue
+            if packet.pts is None:
+                usable = False
+                break
+            pts.append(packet.pts)
+            if packet.is_keyframe:
+                key_pts.append(packet.pts)
+                key_dts.append(packet.pts if packet.dts is None else min(packet.pts, packet.dts))
+    except av.FFmpegError:
+        pass  # a truncated file ends early; what was read is still usable
+    pts_arr = np.sort(np.asarray(pts, dtype=np.int64))
+    if usable and pts_arr.size and np.unique(pts_arr).size == pts_arr.size:
+        order = np.argsort(np.asarray(key_pts, dtype=np.int64), kind="stable")
+        kpts = np.asarray(key_pts, dtype=np.int64)[order]
+        kdts = np.asarray(key_dts, dtype=np.int64)[order]
+        return VideoIndex(
+            pts=pts_arr,
+            keyframes=np.searchsorted(pts_arr, kpts).astype(np.int64),
+            seek_ts=_seek_targets(kpts, kdts, int(pts_arr[-1])),
+            fps=_fps_of(pts_arr, stream),
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            seekable=True,
+        )
+    if usable:
+        raise VideoDecodeError(path, "video stream has no frames")
+    return _scan_sequential(path)
+
+
+def _scan_sequential(path: str) -> VideoIndex:
+    """Index by decoding everything (slow, only when packet timestamps are unusable)."""
+    count, frame_pts = 0, []
+    with _open(path) as (container, stream):
+        try:
+            for frame in container.decode(stream):
+                count += 1
+                frame_pts.append(frame.pts)
+                width, height = frame.width, frame.height
+        except av.FFmpegError:
+            pass
+        if count == 0:
+            raise VideoDecodeError(path, "no frame could be decoded")
+        known = [p for p in frame_pts if p is not None]
+        fps = _fps_of(np.asarray(sorted(known), dtype=np.int64), stream) if known else 30.0
+    empty = np.zeros(0, dtype=np.int64)
+    return VideoIndex(np.arange(count, dtype=np.int64), empty, empty, fps, width, height, False)
+
+
+def video_index(path: str | os.PathLike) -> VideoIndex:
+    """The (cached) frame index of ``path``; raises :class:`VideoDecodeError` for bad files."""
+    path = os.fspath(path)
+    index = _cached(path)
+    if index is None:
+        with _open(path) as (container, stream):
+            index = _remember(path, _scan(path, container, stream))
+    return index
+
+
+def _cached(path: str) -> VideoIndex | None:
+    try:
+        key = _cache_key(path)
+    except OSError as e:
+        raise VideoDecodeError(path, "no such file") from e
+    index = _index_cache.get(key)
+    if index is not None:
+        _index_cache.move_to_end(key)
+    return index
+
+
+def _remember(path: str, index: VideoIndex) -> VideoIndex:
+    _index_cache[_cache_key(path)] = index
+    while len(_index_cache) > _CACHE_SIZE:
+        _index_cache.popitem(last=False)
+    return index
+
+
+def probe(path: str | os.PathLike) -> tuple[int, float, int, int]:
+    """``(num_frames, fps, width, height)`` of ``path`` from a packet scan (no decoding)."""
+    index = video_index(path)
+    return index.num_frames, index.fps, index.width, index.height
+
+
+class _Converter:
+    """Turns decoded frames into uint8 RGB arrays of one size, resizing inside swscale."""
+
+    def __init__(self, size: tuple[int, int] | None, interpolation: str) -> None:
+        self.size = size
+        self.interpolation = interpolation
+        self.reformatter = VideoReformatter()  # keeps its swscale context between frames
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        height, width = self.size if self.size is not None else (frame.height, frame.width)
+        rgb = self.reformatter.reformat(
+            frame,
+            width=width,
+            height=height,
+            format="rgb24",
+            interpolation=self.interpolation,
+            threads=1,
+        )
+        return rgb.to_ndarray()
+
+
+def _plan_runs(index: VideoIndex, wanted: np.ndarray) -> list[tuple[int, list[int]]]:
+    """Group ascending wanted frames into (keyframe slot or -1, frames) decode runs.
+
+    A new run (a seek) starts when a keyframe lies at least two frames after the previous
+    wanted frame and at or before the next one: decoding from that keyframe skips frames that
+    decoding on would go through. Every run after the first seeks, so no run relies on frames
+    the decoder still buffers from the one before.
+    """
+    runs: list[tuple[int, list[int]]] = []
+    slots = np.searchsorted(index.keyframes, wanted, side="right") - 1
+    for i, slot in zip(wanted.tolist(), slots.tolist(), strict=True):
+        if runs and (slot < 0 or index.keyframes[slot] <= runs[-1][1][-1] + 1):
+            runs[-1][1].append(i)
+        else:
+            runs.append((slot, [i]))
+    return runs
+
+
+def _decode_seeking(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    index: VideoIndex,
+    wanted: np.ndarray,
+    convert: _Converter | None,
+    skip_nonref: bool,
+    fresh: bool,
+    stats: DecodeStats,
+) -> dict[int, np.ndarray | None]:
+    codec = stream.codec_context
+    out: dict[int, np.ndarray | None] = {}
+    for run_no, (slot, frames) in enumerate(_plan_runs(index, wanted)):
+        # a fresh container starts at the file's beginning: no seek needed before keyframe 0
+        if slot < 0 and not (run_no == 0 and fresh):
+            raise _Mismatch("frames before the first keyframe need a decode from the start")
+        if not (run_no == 0 and fresh and slot <= 0):
+            container.seek(int(index.seek_ts[slot]), backward=True, any_frame=False, stream=stream)
+            stats.seeks += 1
+        need = {int(index.pts[i]): i for i in frames}
+        last_pts = max(need)
+        unsent = len(need)
+        mode = ""
+        packets = container.demux(stream)
+        try:
+            for packet in packets:
+                if packet.pts in need:
+                    unsent -= 1
+                if skip_nonref:
+                    new_mode = "DEFAULT" if packet.pts is None or packet.pts in need else "NONREF"
+                    if new_mode != mode:
+                        codec.skip_frame = mode = new_mode
+                done = False
+                decoded = codec.decode(packet)
+                if unsent == 0 and packet.size:
+                    # every wanted frame is in the decoder: drain it rather than feed more
+                    # packets just to push frames out of its reordering delay
+                    decoded += codec.decode(None)
+                for frame in decoded:
+                    stats.frames_decoded += 1
+                    if frame.pts is None:
+                        raise _Mismatch("decoded frame without pts")
+                    i = need.get(frame.pts)
+                    if i is not None and i not in out:
+                        out[i] = convert(frame) if convert is not None else None
+                    if frame.pts >= last_pts:
+                        done = True
+                if done:
+                    break
+        finally:
+            packets.close()
+            codec.skip_frame = "DEFAULT"
+        if any(i not in out for i in frames):
+            raise _Mismatch("a seek did not return every wanted frame")
+    return out
+
+
+def _decode_sequential(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    wanted: np.ndarray,
+    convert: _Converter | None,
+    stats: DecodeStats,
+) -> tuple[dict[int, np.ndarray | None], int]:
+    """Decode from the start, counting frames; returns (frames by index, frames counted)."""
+    want = set(wanted.tolist())
+    last_wanted = int(wanted.max())
+    out: dict[int, np.ndarray | None] = {}
+    count, last_frame = 0, None
+    try:
+        for frame in container.decode(stream):
+            stats.frames_decoded += 1
+            if count in want:
+                out[count] = convert(frame) if convert is not None else None
+            last_frame = frame
+            count += 1
+            if count > last_wanted:
+                break
+    except av.FFmpegError:
+        pass  # truncated or damaged tail: keep what decoded
+    if count <= last_wanted and last_frame is not None:
+        # fewer frames than the index said: the missing ones repeat the last frame (clamp)
+        tail = convert(last_frame) if convert is not None else None
+        for i in want:
+            if i >= count:
+                out[i] = tail
+    return out, count
+
+
+class VideoReader:
+    """An open video file: its frame index and selective decoding, on one container.
+
+    Use as a context manager (``with open_video(path) as video: ...``). On an index-cache miss
+    the packet scan runs on this same container, so a clip costs one ``av.open``.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        self._stack = ExitStack()
+        self._container, self._stream = self._stack.enter_context(_open(self.path))
+        self._fresh = True  # positioned at the start of the file
+        index = _cached(self.path)
+        if index is None:
+            index = _remember(self.path, _scan(self.path, self._container, self._stream))
+            self._fresh = False
+        self.index = index
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def frames(
+        self,
+        indices: Sequence[int] | np.ndarray,
+        size: tuple[int, int] | None = None,
+        *,
+        interpolation: str = INTERPOLATION,
+        skip_nonref: bool = True,
+        stats: DecodeStats | None = None,
+    ) -> np.ndarray:
+        """Frames ``indices`` as uint8 RGB ``[len(indices), H, W, 3]``; see :func:`decode_frames`."""
+        idx = np.clip(np.asarray(indices, dtype=np.int64).reshape(-1), 0, self.index.num_frames - 1)
+        if idx.size == 0:
+            raise ValueError("decoding needs at least one frame index")
+        wanted, inverse = np.unique(idx, return_inverse=True)
+        stats = stats if stats is not None else DecodeStats()
+        frames = self._decode(wanted, _Converter(size, interpolation), skip_nonref, stats)
+        stats.frames_converted += len(wanted)
+        first = frames[int(wanted[0])]
+        assert first is not None
+        unique = np.empty((len(wanted), *first.shape), dtype=np.uint8)
+        for slot, i in enumerate(wanted.tolist()):
+            unique[slot] = frames[i]
+        return unique[inverse]
+
+    def span(self, first: int, last: int, stats: DecodeStats) -> None:
+        """Decode, without converting or skipping, every frame from the keyframe before
+        ``first`` through ``last``: the work of a plain seek-and-decode loader."""
+        n = self.index.num_frames
+        first, last = min(max(first, 0), n - 1), min(max(last, 0), n - 1)
+        self._decode(np.arange(first, last + 1, dtype=np.int64), None, False, stats)
+
+    def _decode(
+        self,
+        wanted: np.ndarray,
+        convert: _Converter | None,
+        skip_nonref: bool,
+        stats: DecodeStats,
+    ) -> dict[int, np.ndarray | None]:
+        if self.index.seekable:
+            try:
+                return _decode_seeking(
+                    self._container,
+                    self._stream,
+                    self.index,
+                    wanted,
+                    convert,
+                    skip_nonref,
+                    self._fresh,
+                    stats,
+                )
+            except (_Mismatch, av.FFmpegError):
+                stats.fallbacks += 1
+            finally:
+                self._fresh = False
+        # the definition of frame identity: count frames of a sequential decode
+        with _open(self.path) as (container, stream):
+            out, count = _decode_sequential(container, stream, wanted, convert, stats)
+        if count == 0:
+            raise VideoDecodeError(self.path, "no frame could be decoded")
+        if self.index.seekable or count < self.index.num_frames:
+            # the packet scan was wrong for this file: count frames by decoding from now on
+            self.index = _remember(self.path, _scan_sequential(self.path))
+        return out
+
+
+def open_video(path: str | os.PathLike) -> VideoReader:
+    """Open ``path`` for decoding; raises :class:`VideoDecodeError` for bad files."""
+    return VideoReader(path)
+
+
+def decode_frames(
+    path: str | os.PathLike,
+    indices: Sequence[int] | np.ndarray,
+    size: tuple[int, int] | None = None,
+    *,
+    interpolation: str = INTERPOLATION,
+    skip_nonref: bool = True,
+    stats: DecodeStats | None = None,
+) -> np.ndarray:
+    """Decode frames ``indices`` of ``path`` as uint8 RGB ``[len(indices), H, W, 3]``.
+
+    Indices are clamped to ``[0, num_frames - 1]`` and may repeat or come in any order; each
+    distinct frame is decoded and converted once. ``size`` is ``(height, width)`` of the output
+    (resized during RGB conversion with swscale ``interpolation``), or ``None`` for the native
+    size. ``skip_nonref=False`` disables the non-reference-frame skipping (for comparisons).
+    """
+    with open_video(path) as video:
+        return video.frames(
+            indices, size, interpolation=interpolation, skip_nonref=skip_nonref, stats=stats
+        )
+
+
+def decode_all(
+    path: str | os.PathLike,
+    size: tuple[int, int] | None = None,
+    *,
+    interpolation: str = INTERPOLATION,
+) -> np.ndarray:
+    """Every frame of a (short) video as uint8 RGB ``[N, H, W, 3]``, for in-memory caching."""
+    with open_video(path) as video:
+        return video.frames(np.arange(video.index.num_frames), size, interpolation=interpolation)
