@@ -10,13 +10,13 @@ Attribute names match the official checkpoint keys: ``visual_encoder`` (3D ResNe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cpd.models.resnet3d import ResNet3d, ShortcutType, create_resnet3d
+from cpd.models.resnet3d import ResNet3d, create_resnet3d
 from cpd.models.text import DEFAULT_TEXT_ENCODER, TextEncoder, build_text_encoder
 
 __all__ = ["CPDModel", "ModelConfig", "build_model", "build_video_model"]
@@ -44,7 +44,7 @@ class ModelConfig:
 
     arch: str = "r3d50"
     base_width: int = 64
-    shortcut: str = "A"
+    shortcut: Literal["A", "B"] = "A"
     dropout: float = 0.0
     text_encoder: str = DEFAULT_TEXT_ENCODER
     text_compat: bool = False
@@ -139,12 +139,11 @@ class CPDModel(nn.Module):
 
 def build_video_model(config: ModelConfig, num_classes: int | None = None) -> ResNet3d:
     """The 3D ResNet of ``config`` (``num_classes`` overrides ``config.num_classes``)."""
-    shortcut: ShortcutType = config.shortcut  # type: ignore[assignment]
     return create_resnet3d(
         config.arch,
         num_classes=config.num_classes if num_classes is None else num_classes,
         base_width=config.base_width,
-        shortcut=shortcut,
+        shortcut=config.shortcut,
         dropout=config.dropout,
     )
 

@@ -15,7 +15,7 @@ state dict loads one to one. The interface follows timm: ``forward_features`` (p
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -168,6 +168,7 @@ class ResNet3d(nn.Module):
         self.base_width = base_width
         self.shortcut = shortcut
         self.dropout_rate = dropout
+        self.config: Any = None  # the ModelConfig, when built by cpd.models.build_model
         self._inplanes = base_width
 
         self.conv1 = nn.Conv3d(
