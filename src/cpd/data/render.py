@@ -303,7 +303,9 @@ def object_track(spec: VideoSpec) -> dict[str, np.ndarray]:
     return {"x": x, "y": y, "radius": radius, "angle": angle}
 
 
-def render_video(spec: VideoSpec, *, with_alpha: bool = False):
+def render_video(
+    spec: VideoSpec, *, with_alpha: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Render a video's frames as uint8 ``[T, H, W, 3]`` (and the glyph's coverage ``[T, H, W]``)."""
     look = spec.look
     bg = render_background(look.background, spec.width, spec.height, look.bg_colours,

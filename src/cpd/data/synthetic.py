@@ -1,4 +1,4 @@
-"""The embedded synthetic video-caption dataset: learnable on a CPU in minutes, no downloads.
+"""The embedded synthetic video-caption dataset: small enough for a CPU, no downloads.
 
 Every video is a real H.264 mp4 (libx264, yuv420p) of one glyph (square, triangle, star, ...)
 in one colour over a static procedural texture (stripes, checkerboard, dots, ...), doing one of
@@ -13,20 +13,26 @@ frames, to tell them apart. A random crop or rescale keeps every motion what it 
 horizontal flip swaps left and right (and the sense of rotation), so the dataset declares
 ``"hflip": false`` in ``dataset.json`` and the training pipeline must not flip it.
 
-Why appearance groups. A first version drew colour, glyph and motion independently; plain CPD
-learnt appearance within 90 s and no motion in 9 min, because appearance alone already told
-the captions in a batch apart. Here the set is built from *appearance groups*: one sampled
+Why appearance groups. On an earlier set of this kind (6 colours x 6 glyphs x 8 motions, 480
+pairs, all drawn independently) plain CPD learnt appearance within 90 s and no motion in 9 min,
+because appearance alone already told the captions in a batch apart. Here the set is built from *appearance groups*: one sampled
 appearance (colour, glyph, background texture and its colours) is rendered with several
 motions (``motions_per_group``, default 4, drawn as whole time-reversal pairs, e.g. MovingLeft,
 MovingRight, Growing, Shrinking). Videos of a group share the exact background and glyph and
-differ in motion (plus small jitter), and their captions differ only in the motion words, so
-within a batch the only way to match many clips to their captions is to see the motion.
+differ in motion (plus small jitter); their captions name the same colour and glyph and differ
+in the motion words (and in paraphrase), so within a batch the only way to match the clips of
+a group to their captions is to see the motion.
 
 Variation: per group the colour shade, glyph size, background kind, colours, angle and scale;
 per video the start position, speed (with a smooth speed wobble), rotation rate, growth rate,
 orientation and a small positional jitter. Captions come from templates with synonyms for
 colour, glyph, motion and background ("a crimson star drifts to the left over a striped
 background", "video of a blue box spinning clockwise"), so the text encoder must generalise.
+
+Checked on an H100 with rendered (not encoded) frames, 8 frames at stride 4, scale jitter
+[128, 170], crop 112, no flip: a supervised r3d10 (width 32, batch 64, AdamW 1e-3) reaches 68%
+val accuracy on the 8 motions after 50 steps, 90% after 200 and 99% after about 700; the same
+model fed one frame repeated 8 times stays at chance (about 10%), so the labels need motion.
 
 Splits: whole groups go to train or val (like UCF101's groups), about ``val_fraction`` of them;
 val groups are chosen among those whose colour and glyph also appear in a train group, so val
@@ -241,7 +247,10 @@ def make_video_specs(
     return specs
 
 
-def _check_args(num_videos, seed, width, height, num_frames, fps, per_group, val_fraction) -> None:
+def _check_args(
+    num_videos: int, seed: int, width: int, height: int, num_frames: int, fps: float,
+    per_group: int, val_fraction: float,
+) -> None:  # fmt: skip
     problems = []
     if num_videos < 1:
         problems.append(f"num_videos must be >= 1, got {num_videos}")
@@ -259,13 +268,6 @@ def _check_args(num_videos, seed, width, height, num_frames, fps, per_group, val
         problems.append(f"val_fraction must be in [0, 1), got {val_fraction}")
     if problems:
         raise CPDError("invalid synthetic dataset settings: " + "; ".join(problems))
-
-
-def _write_one(job: tuple[VideoSpec, str]) -> int:
-    spec, root = job
-    path = Path(root) / spec.path
-    encode_mp4(path, render_video(spec), spec.fps)
-    return path.stat().st_size
 
 
 # --- captions ---------------------------------------------------------------------------
@@ -483,6 +485,13 @@ def write_synthetic_dataset(
     }  # fmt: skip
     _write_text(out / "dataset.json", json.dumps(meta, indent=2) + "\n")  # last: marks complete
     return summary
+
+
+def _write_one(job: tuple[VideoSpec, str]) -> int:
+    spec, root = job
+    path = Path(root) / spec.path
+    encode_mp4(path, render_video(spec), spec.fps)
+    return path.stat().st_size
 
 
 def _write_ucf_lists(folder: Path, specs: list[VideoSpec]) -> None:
