@@ -42,7 +42,7 @@ def test_random_window_stays_inside_and_reaches_both_ends():
     starts = set()
     for _ in range(2000):
         idx = sampling.random_window(40, 8, 4, 30.0, g)
-        assert 0 <= idx[0] and idx[-1] <= 39
+        assert idx[0] >= 0 and idx[-1] <= 39
         assert idx == sampling.window_indices(idx[0], 8, 32.0, 40)
         starts.add(idx[0])
     assert starts == set(range(0, 9))  # 40 - 32 = 8 is the last start that fits

@@ -56,11 +56,14 @@ def write_video(
     gop: int = 12,
     pts: list[int] | None = None,
     time_base: Fraction | None = None,
+    texture: bool = False,
 ) -> Path:
     """Write ``num_frames`` index frames to ``path`` (container from the suffix).
 
     ``pts`` (in ``time_base`` units) gives variable frame rate; otherwise frames are evenly
     spaced at ``fps``. ``bframes`` and ``gop`` shape the GOP structure of H.264 output.
+    ``texture`` adds a faint per-frame random pattern, so that any two crops of any two frames
+    differ (the index cells alone are uniform stripes).
     """
     path = Path(path)
     rate = Fraction(fps).limit_denominator(1001)
@@ -88,7 +91,11 @@ def write_video(
             stream.time_base = pts_unit
             stream.codec_context.time_base = pts_unit
         for i in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(index_frame(i, width, height), format="rgb24")
+            image = index_frame(i, width, height)
+            if texture:
+                noise = np.random.default_rng(i).integers(-25, 26, (height, width, 1))
+                image = (image.astype(np.int16) + noise).clip(0, 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             if pts is not None:
                 frame.pts = pts[i]
                 frame.time_base = pts_unit

@@ -1,0 +1,49 @@
+"""``cpd bench load`` runs end to end on a tiny file and prints sane JSON (no timing asserts)."""
+
+import json
+
+import av
+import pytest
+
+from cpd.cli import main
+from cpd.commands.bench import write_sample
+from tests.videos import write_video
+
+
+def test_bench_load_prints_one_json_line(tmp_path, capsys):
+    path = write_video(tmp_path / "tiny.mp4", num_frames=60, width=160, height=96)
+    assert main(["bench", "load", str(path), "--clips", "3", "--repeat", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    for key in (
+        "clips_per_s",
+        "decode_bound_clips_per_s",
+        "official_clips_per_s",
+        "cold_index_clips_per_s",
+    ):
+        assert out[key] > 0
+    assert out["speedup_vs_official"] == pytest.approx(
+        out["clips_per_s"] / out["official_clips_per_s"], rel=0.02
+    )
+    assert out["fraction_of_decode_bound"] == pytest.approx(
+        out["clips_per_s"] / out["decode_bound_clips_per_s"], rel=0.02
+    )
+    # skipping non-reference frames decodes fewer frames than the plain bound on the same windows
+    assert 8 <= out["frames_decoded_per_clip"] < out["decode_bound_frames_per_clip"]
+    assert out["official_frames_decoded_per_clip"] >= 8
+    assert out["threads"] == 1 and out["clips"] == 3 and out["videos"] == [str(path)]
+
+
+def test_bench_needs_a_subcommand(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench"])
+
+
+def test_sample_is_h264_with_b_frames(tmp_path):
+    path = write_sample(tmp_path / "s.mp4", width=160, height=68, seconds=1.0)
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        assert (stream.codec_context.name, stream.width, stream.height) == ("h264", 160, 68)
+        types = {av.video.frame.PictureType(f.pict_type).name for f in c.decode(stream)}
+    assert types >= {"I", "P", "B"}
