@@ -298,3 +298,12 @@ def test_rotation_turns_the_glyph(motion, sign):
     angle = np.unwrap(np.arctan2(offset[:, 1], offset[:, 0]))  # y down: increasing = clockwise
     steps = np.degrees(np.diff(angle[::4]))
     assert (sign * steps > 3).all() and (sign * steps < 30).all()
+
+
+def test_odd_group_size_and_no_val():
+    specs = make_video_specs(9, seed=2, motions_per_group=3, val_fraction=0.0)
+    assert [len([s for s in specs if s.look.group == g]) for g in range(3)] == [3, 3, 3]
+    assert {s.split for s in specs} == {"train"}
+    for g in range(3):  # three motions: one whole time-reversal pair and one more
+        motions = {s.motion for s in specs if s.look.group == g}
+        assert sum(MOTIONS[MOTIONS.index(m) ^ 1] in motions for m in motions) == 2

@@ -1,4 +1,4 @@
-"""Write the embedded synthetic video-caption dataset (no downloads, a minute on 2 cores).
+"""Write the embedded synthetic video-caption dataset (no downloads; about a minute on 2 cores).
 
 Renders glyphs (square, triangle, star, ...) in six colours over textured backgrounds, each doing
 one of eight motions (MovingLeft/Right/Up/Down, RotatingClockwise/Counterclockwise, Growing,
