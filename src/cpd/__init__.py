@@ -16,9 +16,36 @@ _EXPORTS: dict[str, str] = {
     "VideoDecodeError": "cpd.errors",
     "DataError": "cpd.errors",
     "CheckpointError": "cpd.errors",
+    # video
     "load_clip": "cpd.video",
     "load_clips": "cpd.video",
+    # data
+    "CaptionRecord": "cpd.data",
+    "ActionRecord": "cpd.data",
+    "ActionSplit": "cpd.data",
+    "read_caption_manifest": "cpd.data",
+    "read_instagram_json": "cpd.data",
+    "read_ucf101": "cpd.data",
+    "read_hmdb51": "cpd.data",
+    "read_split_json": "cpd.data",
+    "read_action_csv": "cpd.data",
+    "load_packaged_split": "cpd.data",
+    "VideoCaptionDataset": "cpd.data",
+    "ActionDataset": "cpd.data",
+    "collate": "cpd.data",
+    "write_synthetic_dataset": "cpd.data.synthetic",
+    # models
+    "ModelConfig": "cpd.models",
+    "CPDModel": "cpd.models",
+    "ResNet3d": "cpd.models",
+    "build_model": "cpd.models",
     "load_model": "cpd.models",
+    "save_model": "cpd.models",
+    "load_official_checkpoint": "cpd.models",
+    # losses
+    "MemoryBankNCELoss": "cpd.losses",
+    "InfoNCELoss": "cpd.losses",
+    "temporal_negatives": "cpd.losses",
 }
 
 __all__ = ["__version__", *_EXPORTS]

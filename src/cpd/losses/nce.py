@@ -158,7 +158,9 @@ class MemoryBankNCELoss(nn.Module):
         if not self._z_ready:
             if not self.z_is_set:
                 self._set_z(score_v, score_t)
-            self._z_ready = True
+            # A non-finite first batch leaves Z unset (the loss is NaN and the step skipped);
+            # the next batch tries again.
+            self._z_ready = self.z_is_set
         log_p_v = score_v - torch.log(self.z_video)
         log_p_t = score_t - torch.log(self.z_text)
         log_noise = math.log(k) - math.log(n)
@@ -205,6 +207,8 @@ class MemoryBankNCELoss(nn.Module):
             return torch.exp(torch.logsumexp(s, 0) - math.log(s.numel())) * self.num_data
 
         z = dist.all_reduce_mean(torch.stack([z_of(score_v), z_of(score_t)]), self.group)
+        if not torch.isfinite(z).all():  # same verdict on every rank: z is the all-reduced mean
+            return
         self.z_video.fill_(float(z[0]))
         self.z_text.fill_(float(z[1]))
 

@@ -130,11 +130,23 @@ class CPDModel(nn.Module):
     def forward(
         self,
         video: torch.Tensor,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        *,
+        text_pooled: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both embeddings ``(video_emb, text_emb)``, each ``[B, embed_dim]``: the training call."""
-        return self.encode_video(video), self.encode_tokens(input_ids, attention_mask)
+        """Both embeddings ``(video_emb, text_emb)``: the training call (through DDP).
+
+        The text side comes from ``text_pooled`` (cached features of a frozen encoder, head
+        only) when given, else from the tokens. ``video`` may hold more rows than the text
+        (temporal negatives appended after the clips).
+        """
+        text = (
+            self.embed_text_pooled(text_pooled)
+            if text_pooled is not None
+            else self.encode_tokens(input_ids, attention_mask)
+        )
+        return self.encode_video(video), text
 
 
 def build_video_model(config: ModelConfig, num_classes: int | None = None) -> ResNet3d:

@@ -1,0 +1,157 @@
+"""One pretraining optimizer step, and the cache of frozen text features it uses in stage I.
+
+The step, in order: text features (cached while the text encoder is frozen), video forward,
+loss (outside the DDP-wrapped model), a NaN/Inf check agreed by all ranks, backward, gradient
+clipping, optimizer step, then the memory-bank update with the detached features. A step whose
+loss is not finite on any rank is skipped on every rank (no update of weights or banks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from cpd import dist
+
+
+class TextFeatureCache:
+    """Pooled features of a frozen text encoder, one row per caption index.
+
+    A frozen encoder runs in eval mode (no dropout), so its pooled output for a caption cannot
+    change: computing it once per caption and reusing it is exact, and it takes the text
+    encoder out of every stage-I step after the first epoch. Clear it when the encoder unfreezes.
+    Memory: ``N × hidden`` in ``dtype`` (300k captions × 768 in fp16: 461 MB).
+    """
+
+    def __init__(self, num_data: int, hidden: int, dtype: torch.dtype = torch.float16) -> None:
+        self.features = torch.zeros(num_data, hidden, dtype=dtype)
+        self.filled = torch.zeros(num_data, dtype=torch.bool)
+
+    def clear(self) -> None:
+        """Forget every cached row (after the text encoder changes)."""
+        self.filled.zero_()
+
+    @torch.no_grad()
+    def pooled(
+        self,
+        text_encoder: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        index: torch.Tensor,
+    ) -> torch.Tensor:
+        """Pooled features ``[B, hidden]`` (float32, on the ids' device), computing missing rows."""
+        cpu_index = index.cpu()
+        missing = ~self.filled[cpu_index]
+        if missing.any():
+            sel = missing.nonzero().squeeze(1)
+            was_training = text_encoder.training
+            text_encoder.eval()
+            feats = text_encoder.encode_tokens(
+                input_ids[sel.to(input_ids.device)], attention_mask[sel.to(input_ids.device)]
+            )
+            text_encoder.train(was_training)
+            self.features[cpu_index[sel]] = feats.float().cpu().to(self.features.dtype)
+            self.filled[cpu_index[sel]] = True
+        return self.features[cpu_index].to(input_ids.device, torch.float32)
+
+
+@dataclass
+class StepResult:
+    """What one step did: loss terms (floats), gradient norm, whether it clipped or was skipped."""
+
+    terms: dict[str, float]
+    grad_norm: float
+    clipped: bool
+    skipped: bool
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def pretrain_step(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    *,
+    generator: torch.Generator,
+    text_cache: TextFeatureCache | None = None,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    clip_norm: float = 0.0,
+    hard_negatives: tuple[torch.Tensor, torch.Tensor] | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> StepResult:
+    """One optimizer step of CPD pretraining on ``batch`` (tensors already on the device).
+
+    ``model`` may be DDP-wrapped; ``model.module`` (or ``model``) must be a CPDModel.
+    ``text_cache`` given: the text encoder is frozen and its pooled features come from the cache.
+    ``hard_negatives``: ``(clips [B*M,3,T,H,W], valid [B,M])`` from ``temporal_negatives``.
+    """
+    core = model.module if hasattr(model, "module") else model
+    video = batch["video"].contiguous(memory_format=memory_format)
+    index = batch["index"]
+    device = video.device
+    batch_size = video.shape[0]
+    if hard_negatives is not None:
+        # One video forward for clips and their temporal negatives (one BN batch, as in eval).
+        video = torch.cat([video, hard_negatives[0].contiguous(memory_format=memory_format)])
+    # A skipped step must leave no trace: BatchNorm running statistics are updated in forward,
+    # so keep a copy of the (small) buffers to put back if the loss turns out non-finite.
+    saved_buffers = [b.detach().clone() for b in core.buffers()]
+    with autocast_context(device, amp_dtype):
+        pooled = None
+        if text_cache is not None:
+            pooled = text_cache.pooled(
+                core.textual_encoder, batch["input_ids"], batch["attention_mask"], index
+            )
+        # Through the (possibly DDP) wrapper, so that DDP sees the forward.
+        v, t = model(video, batch["input_ids"], batch["attention_mask"], text_pooled=pooled)
+        hard_video = v[batch_size:] if hard_negatives is not None else None
+        hard_valid = hard_negatives[1] if hard_negatives is not None else None
+        v = v[:batch_size]
+        terms = loss_fn(
+            v.float(),
+            t.float(),
+            index,
+            generator=generator,
+            hard_video=hard_video,
+            hard_valid=hard_valid,
+            update_memory=False,
+        )
+    loss = terms["loss"]
+    # Every rank must agree to skip, or collectives in backward / the bank update deadlock.
+    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
+    if dist.get_world_size() > 1:
+        torch.distributed.all_reduce(bad)
+    values = {k: float(x.detach()) for k, x in terms.items()}
+    if bad.item() > 0:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buf, saved in zip(core.buffers(), saved_buffers, strict=True):
+                buf.copy_(saved)
+        return StepResult(values, float("nan"), False, True)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    max_norm = clip_norm if clip_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    loss_fn.update_memory(v.detach().float(), t.detach().float(), index)
+    return StepResult(values, grad_norm, clip_norm > 0 and grad_norm > clip_norm, False)
