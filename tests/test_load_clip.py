@@ -131,3 +131,13 @@ def test_200_loads_do_not_hang_or_leak(square):
     for i in range(200):
         cpd.load_clip(square, seed=i)
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_cached_frames_run_the_same_transform_path(wide):
+    # a dataset holding decode_all() frames in memory gets the clip load_clip makes
+    cached = torch.from_numpy(decode.decode_all(wide))
+    assert cached.shape == (120, 136, 240, 3)
+    g = transforms.make_generator(5)
+    idx = sampling.random_window(120, 8, 4, decode.probe(wide)[1], g)
+    clip = transforms.train_transform(cached[idx], 112, g, scale_range=(136, 136))
+    assert torch.equal(clip, cpd.load_clip(wide, seed=5, scale_range=(136, 136)))

@@ -1,10 +1,20 @@
 """Speed benchmarks, each printing one JSON line.
 
 cpd bench load VIDEO... [--clips N] [--num-frames 8 --stride 4 --crop-size 112]
-    training-clip loading, one process, one thread: ours, the decode-only bound on the same
-    windows, and the official loader re-implemented (cpd.video.official).
+    Training-clip loading in one process with one thread. Three loaders make the same clips
+    (clip i uses seed i, hence the same window), taking turns clip by clip so that load from
+    other processes falls on all alike; each figure is the median of --repeat passes:
+      clips_per_s               cpd.load_clip (train mode)
+      decode_bound_clips_per_s  PyAV alone decoding every frame from the keyframe before
+                                each window to its end (no conversion, no skipping)
+      official_clips_per_s      the official loader's decode + transform path,
+                                re-implemented in cpd.video.official
+    plus their ratios, frames decoded per clip, cold_index_clips_per_s (no in-process index
+    cache: each clip pays its packet scan, as in a first epoch) and cpu_* figures from
+    process CPU time, which shared machines disturb less than wall time.
 cpd bench load --make-sample sample.mp4
-    write the reference input: 640x272, 30 fps, 10 s, H.264 with B-frames, moving shapes.
+    Write the reference input first (640x272, 30 fps, 10 s, x264 with B-frames, moving
+    shapes over a panning textured background) and bench it.
 """
 
 from __future__ import annotations

@@ -1,16 +1,19 @@
 """Video input: decoding (``decode``), clip sampling (``sampling``), transforms, clip loading.
 
 ``load_clip`` / ``load_clips`` are the entry points; ``decode_frames`` + ``crop_flip_normalize``
-(or ``train_transform`` for cached frames) are the two halves they are built from.
+(or ``train_transform`` for cached frames) are the two halves they are built from;
+``decode_all`` decodes a whole short video for in-memory caching; ``probe`` is cheap metadata.
 """
 
 from cpd.video.clip import load_clip, load_clips
 from cpd.video.decode import (
     DecodeStats,
     VideoIndex,
+    VideoReader,
     clear_index_cache,
     decode_all,
     decode_frames,
+    open_video,
     probe,
     video_index,
 )
@@ -25,6 +28,7 @@ from cpd.video.transforms import (
 __all__ = [
     "DecodeStats",
     "VideoIndex",
+    "VideoReader",
     "clear_index_cache",
     "crop_flip_normalize",
     "decode_all",
@@ -33,6 +37,7 @@ __all__ = [
     "load_clip",
     "load_clips",
     "make_generator",
+    "open_video",
     "probe",
     "resize_short_side",
     "train_transform",
