@@ -11,8 +11,10 @@ def test_index_roundtrip_in_memory(index):
     assert read_index(index_frame(index, 160, 96)) == index
 
 
-@pytest.mark.parametrize("suffix,codec", [(".mp4", "libx264"), (".avi", "mpeg4"),
-                                          (".webm", "libvpx-vp9"), (".mkv", "libx264")])
+@pytest.mark.parametrize(
+    "suffix,codec",
+    [(".mp4", "libx264"), (".avi", "mpeg4"), (".webm", "libvpx-vp9"), (".mkv", "libx264")],
+)
 def test_sequential_decode_reads_every_index(tmp_path, suffix, codec):
     path = write_video(tmp_path / f"v{suffix}", num_frames=30, codec=codec)
     with av.open(str(path)) as c:
