@@ -12,6 +12,10 @@ cpd bench load VIDEO... [--clips N] [--num-frames 8 --stride 4 --crop-size 112]
     plus their ratios, frames decoded per clip, cold_index_clips_per_s (no in-process index
     cache: each clip pays its packet scan, as in a first epoch) and cpu_* figures from
     process CPU time, which shared machines disturb less than wall time.
+cpd bench step [--arch r3d50 --batch-size 4 --num-frames 8 --crop-size 112] [--device cuda]
+    Median seconds of a full pretraining optimizer step (stage I, memory-bank NCE), as
+    ``step_s`` (channels-last, bf16 autocast where supported, cached frozen text features) and
+    ``baseline_step_s`` (the official way: fp32, contiguous, text encoder run every step).
 cpd bench load --make-sample sample.mp4
     Write the reference input first (640x272, 30 fps, 10 s, x264 with B-frames, moving
     shapes over a panning textured background) and bench it.
@@ -41,6 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="timed passes of each loader, interleaved; medians are reported",
     )
+    load.add_argument(
+        "--block",
+        type=int,
+        default=10,
+        help="clips each loader makes before the next one takes its turn",
+    )
     load.add_argument("--num-frames", type=int, default=8)
     load.add_argument("--stride", type=int, default=4)
     load.add_argument("--crop-size", type=int, default=112)
@@ -49,7 +59,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="write the reference 640x272 H.264 sample to PATH (and bench it)",
     )
-    # `step` (training-step throughput) is added here by its own function, like `load`.
+    step = sub.add_parser("step", help="pretraining optimizer step time, ours vs the official way")
+    step.add_argument("--arch", default="r3d50", help="video encoder (default r3d50)")
+    step.add_argument("--batch-size", type=int, default=4)
+    step.add_argument("--num-frames", type=int, default=8)
+    step.add_argument("--crop-size", type=int, default=112)
+    step.add_argument("--text-encoder", default="distilbert-base-uncased",
+                      help="text encoder (default: DistilBERT, the paper's, random weights)")  # fmt: skip
+    step.add_argument("--num-negatives", type=int, default=16384, help="NCE negatives K")
+    step.add_argument("--num-data", type=int, default=20000, help="memory-bank rows N")
+    step.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
+    step.add_argument("--warmup", type=int, default=2)
+    step.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    step.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
+                      help="autocast dtype of our step (auto: bf16 on CUDA / bf16 CPUs)")  # fmt: skip
+    step.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    step.add_argument("--no-baseline", action="store_true", help="skip the official-way step")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,13 +182,16 @@ def _bench_load(args: argparse.Namespace) -> int:
     for _ in range(args.repeat):
         spent = {k: [0.0, 0.0] for k in names}
         stats = {k: DecodeStats() for k in names}
-        for i in range(args.clips):
-            # the loaders take turns clip by clip, in a rotating order, so that load from
-            # other processes on a shared machine falls on all of them alike
+        # the loaders take turns in blocks of clips, in a rotating order, so that load from
+        # other processes on a shared machine falls on all of them alike; blocks rather than
+        # single clips, so that each runs with warm caches as it would in a data loader
+        for b, first in enumerate(range(0, args.clips, args.block)):
+            block = range(first, min(first + args.block, args.clips))
             for k in range(len(names)):
-                name = names[(i + k) % len(names)]
+                name = names[(b + k) % len(names)]
                 w0, c0 = time.perf_counter(), time.process_time()
-                loaders[name](i, stats[name])
+                for i in block:
+                    loaders[name](i, stats[name])
                 spent[name][0] += time.perf_counter() - w0
                 spent[name][1] += time.process_time() - c0
         for name in names:
@@ -190,6 +218,7 @@ def _bench_load(args: argparse.Namespace) -> int:
         "wall_runs": {k: [round(r, 2) for r in v] for k, v in wall.items()},
         "clips": args.clips,
         "repeat": args.repeat,
+        "block": args.block,
         "num_frames": nf,
         "stride": stride,
         "crop_size": crop,
@@ -200,4 +229,21 @@ def _bench_load(args: argparse.Namespace) -> int:
     return 0
 
 
-_BENCHES = {"load": _bench_load}
+def _bench_step(args: argparse.Namespace) -> int:
+    import torch
+
+    from cpd.train.benchmark import bench_step
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    result = bench_step(
+        args.arch, args.batch_size, args.num_frames, args.crop_size,
+        text_encoder=args.text_encoder, num_data=args.num_data,
+        num_negatives=args.num_negatives, steps=args.steps, warmup=args.warmup,
+        device=args.device, amp=args.amp, baseline=not args.no_baseline,
+    )  # fmt: skip
+    print(json.dumps(result))
+    return 0
+
+
+_BENCHES = {"load": _bench_load, "step": _bench_step}
