@@ -9,7 +9,7 @@ from cpd.cli import main
 
 def test_bench_step_prints_one_json_line(capsys):
     rc = main(["bench", "step", "--arch", "r3d10", "--batch-size", "2", "--num-frames", "4",
-               "--crop-size", "32", "--steps", "2", "--warmup", "1", "--num-negatives", "16",
+               "--crop-size", "32", "--steps", "1", "--warmup", "0", "--num-negatives", "16",
                "--num-data", "64", "--text-encoder", "all-MiniLM-L6-v2"])  # fmt: skip
     assert rc == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
