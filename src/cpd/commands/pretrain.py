@@ -1,0 +1,116 @@
+"""Pretrain the video encoder against captions with CPD's memory-bank NCE (the paper's recipe).
+
+The configuration has six sections; any key can be set on the command line as key=value
+(values are YAML: numbers, true/false, null, [lists]) after the preset or file of --config:
+
+  data      manifest (required: a caption list, e.g. OUT/captions.jsonl from `cpd synth OUT`),
+            root, train_split/val_split, num_frames, stride, crop_size, scale_range, hflip
+            (null: the dataset's dataset.json decides), cache_frames, workers
+  model     arch (r3d10..r3d101), base_width, text_encoder (all-MiniLM-L6-v2 | distilbert-
+            base-uncased | a local HF directory), embed_dim, dropout
+  loss      kind (nce | infonce), num_negatives, temperature, momentum, hard_negatives
+  optim     batch_size (TOTAL over all processes), lr, momentum, weight_decay, text_lr,
+            clip_norm, amp (auto | none | bf16 | fp16), channels_last, sync_bn
+  schedule  epochs, kind (step | cosine), milestones, gamma, warmup_epochs, unfreeze_epoch
+            (the text encoder is frozen before it and trains from it on; null = never)
+  run       out (run directory), seed, resume (auto | never | FILE.pt), val_every, save_every,
+            log_every, max_bad_steps, device (auto | cpu | cuda), progress, threads
+
+Presets (a name or a path for --config): pretrain_instagram_r50 (the paper: 3D ResNet-50 +
+DistilBERT, 300 epochs, batch 256) and pretrain_synthetic_cpu (a small model for the
+synthetic dataset on a CPU). `cpd pretrain --config NAME --print-config [key=value ...]`
+prints the resolved configuration as YAML and exits.
+
+The run directory receives config.yaml (resolved, with version and git revision), metrics.jsonl,
+tensorboard/, last.pt every epoch (+ epoch_NNNN.pt every run.save_every), results.json and
+export/ (final weights for cpd.load_model). Rerunning the same command resumes from the latest
+readable checkpoint (run.resume=auto). SIGTERM / Ctrl-C stop at the next step with a
+checkpoint of that exact step (exit status 143 / 130); rerun the command to continue.
+
+Several processes: torchrun --nproc_per_node N -m cpd pretrain --config ... (NCCL on GPUs,
+gloo on CPUs; multi-node through torchrun's rendezvous options).
+
+Examples:
+  cpd synth data/synth
+  cpd pretrain --config pretrain_synthetic_cpu data.manifest=data/synth/captions.jsonl
+  cpd pretrain --config configs/pretrain_instagram_r50.yaml data.manifest=ig/captions.json \\
+      data.root=ig/videos run.out=runs/ig_r50 optim.lr=0.05
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+HELP = "pretrain the video encoder on video-caption pairs (CPD)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``cpd pretrain``."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE|PRESET",
+        help="YAML config file or preset name (default: the built-in defaults = the paper)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the resolved configuration as YAML and exit",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve the config and train; exit status 2 for bad settings, 128+signal when stopped."""
+    import yaml
+
+    from cpd.config import to_dict
+    from cpd.errors import CPDError
+    from cpd.train.config import load_pretrain_config
+
+    try:
+        cfg = load_pretrain_config(args.config, args.overrides)
+    except CPDError as exc:
+        print(f"cpd pretrain: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    from cpd.config import ConfigError
+    from cpd.train.pretrain import TrainingInterrupted, pretrain
+
+    level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        pretrain(cfg)
+    except TrainingInterrupted as exc:
+        if int(os.environ.get("RANK", "0")) == 0:  # the process group is gone by now
+            print(f"cpd pretrain: {exc}", file=sys.stderr)
+        return 128 + int(getattr(signal, exc.signal_name, signal.SIGTERM))
+    except ConfigError as exc:
+        print(f"cpd pretrain: {exc}", file=sys.stderr)
+        return 2
+    except CPDError as exc:
+        print(f"cpd pretrain: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cpd.commands.pretrain ...`` (the same as ``cpd pretrain ...``)."""
+    parser = argparse.ArgumentParser(
+        prog="cpd pretrain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""Datasets, samplers and DataLoaders for pretraining.
+
+Data order is a pure function of (seed, epoch): a :class:`~torch.utils.data.DistributedSampler`
+(used even for one process, so both paths are the same code) shuffles with ``seed + epoch``,
+and each sample's clip comes from ``(seed, epoch, index)`` inside the dataset. A run resumed in
+the middle of an epoch skips the batches already done by dropping the first ``steps x batch``
+indices of this rank's list (:class:`SkipSampler`), so it sees exactly the batches the
+uninterrupted run would have seen next, without loading the skipped ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from cpd.config import ConfigError
+from cpd.data import VideoCaptionDataset, collate, read_caption_manifest
+from cpd.data.datasets import derive_seed
+from cpd.train.config import DataConfig
+
+__all__ = ["PretrainData", "SkipSampler", "build_data", "make_loader", "resolve_hflip"]
+
+log = logging.getLogger(__name__)
+
+
+class SkipSampler(Sampler[int]):
+    """The indices of ``base`` without the first ``skip`` ones (set ``skip`` before iterating)."""
+
+    def __init__(self, base: Sampler[int]) -> None:
+        self.base = base
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.base), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(len(self.base) - self.skip, 0)  # type: ignore[arg-type]
+
+
+def resolve_hflip(cfg: DataConfig) -> float:
+    """``data.hflip``, or the dataset's own ``dataset.json`` choice, or 0.5."""
+    if cfg.hflip is not None:
+        return cfg.hflip
+    meta = Path(cfg.manifest).parent / "dataset.json"
+    if meta.is_file():
+        try:
+            declared = json.loads(meta.read_text(encoding="utf-8")).get("hflip")
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{meta}: cannot read dataset metadata: {exc}") from exc
+        if declared is not None:
+            # The synthetic set names directions in its captions: a flip would make them lies.
+            return 0.5 if declared is True else float(declared)
+    return 0.5
+
+
+@dataclass
+class PretrainData:
+    """The training and validation datasets (validation None when off or empty)."""
+
+    train: VideoCaptionDataset
+    val: VideoCaptionDataset | None
+    hflip: float
+
+
+def _clip_loader(cfg: DataConfig, scale_range: tuple[int, int] | None) -> Any:
+    """``None`` (decode each clip from its file) or an in-memory frame cache."""
+    if not cfg.cache_frames:
+        return None
+    from cpd.data.cache import FrameCache
+    from cpd.video import default_scale_range
+
+    short = cfg.cache_short_side or (scale_range or default_scale_range(cfg.crop_size))[1]
+    return FrameCache(short_side=short, max_bytes=int(cfg.cache_max_gb * 1e9))
+
+
+def build_data(cfg: DataConfig, tokenizer: Any, *, seed: int, val: bool) -> PretrainData:
+    """Read the manifest's splits and build the datasets (validation clips in test mode)."""
+    if not cfg.manifest:
+        raise ConfigError("data.manifest: required (e.g. OUT/captions.jsonl from `cpd synth OUT`)")
+    root = cfg.root if cfg.root is not None else str(Path(cfg.manifest).parent)
+    hflip = resolve_hflip(cfg)
+    scale = tuple(cfg.scale_range) if cfg.scale_range else None
+    loader = _clip_loader(cfg, scale)  # type: ignore[arg-type]
+    common = dict(
+        num_frames=cfg.num_frames,
+        stride=cfg.stride,
+        crop_size=cfg.crop_size,
+        seed=seed,
+        max_tokens=cfg.max_tokens,
+        max_failure_ratio=cfg.max_failure_ratio,
+        loader=loader,
+    )
+    records = read_caption_manifest(cfg.manifest, root, cfg.train_split or None, cfg.format)
+    if not records:
+        raise ConfigError(f"data.train_split: no {cfg.train_split!r} pairs in {cfg.manifest}")
+    train = VideoCaptionDataset(
+        records, tokenizer, train=True, hflip=hflip, scale_range=scale, **common
+    )
+    val_set = None
+    if val and cfg.val_split:
+        val_records = read_caption_manifest(cfg.manifest, root, cfg.val_split, cfg.format)
+        if val_records:
+            val_set = VideoCaptionDataset(val_records, tokenizer, train=False, hflip=0.0, **common)
+        else:
+            log.warning("no %r pairs in %s: validation is off", cfg.val_split, cfg.manifest)
+    if loader is not None and hasattr(loader, "fill"):
+        # Fill before DataLoader workers fork, so that they share the decoded frames.
+        paths = train.paths + (val_set.paths if val_set is not None else [])
+        loader.fill(paths, workers=max(cfg.workers, 1))
+    return PretrainData(train, val_set, hflip)
+
+
+def make_loader(
+    dataset: VideoCaptionDataset,
+    *,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    epoch: int,
+    workers: int,
+    rank: int,
+    world_size: int,
+    skip_batches: int = 0,
+) -> DataLoader:
+    """The loader of one epoch for this rank.
+
+    Training: shuffled by (seed, epoch), full batches only (the same number of steps on every
+    rank, and no batch of one for BatchNorm), the first ``skip_batches`` left out. Validation:
+    in order, every sample once per rank list (the sampler pads with repeats to equal lengths;
+    the evaluation drops them by index).
+    """
+    dataset.set_epoch(epoch)
+    sampler = DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=False
+    )
+    sampler.set_epoch(epoch)
+    skipping = SkipSampler(sampler)
+    skipping.skip = skip_batches * batch_size
+    # The loader's own generator (worker base seeds) comes from (seed, epoch), not global state.
+    generator = torch.Generator().manual_seed(derive_seed(seed, epoch, 0, stream=7))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=skipping,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=train,
+        pin_memory=torch.cuda.is_available(),
+        generator=generator,
+        persistent_workers=False,  # workers must see the dataset's new epoch
+    )

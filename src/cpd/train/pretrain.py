@@ -1,0 +1,626 @@
+"""CPD pretraining: build everything from a :class:`PretrainConfig`, run the epochs, finish.
+
+Read top to bottom: :func:`pretrain` sets up the process (group), run directory, data, model,
+loss and optimizer (:func:`build`), resumes from a checkpoint if there is one, runs the epoch
+loop (:meth:`Trainer.train_epoch`, one :func:`cpd.train.step.pretrain_step` per batch), validates
+every ``run.val_every`` epochs, checkpoints every epoch, and finishes with an export
+(``run_dir/export/``, readable by :func:`cpd.load_model`) and ``results.json``.
+
+Reproducibility: everything random comes from ``run.seed`` and (epoch, step, index, rank):
+data order (the sampler's ``set_epoch``), clips (the dataset), negatives
+(:func:`~cpd.losses.negative_generator`), frame shuffles, and dropout (the global torch
+generator is re-seeded before each step). A resumed run, also one resumed in the middle of an
+epoch, therefore repeats the uninterrupted run's steps exactly on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import cpd
+from cpd import dist
+from cpd.config import ConfigError, from_dict, save_config, to_dict
+from cpd.errors import CheckpointError, CPDError
+from cpd.losses import InfoNCELoss, MemoryBankNCELoss, negative_generator, temporal_negatives
+from cpd.losses.memory_bank import seed_for
+from cpd.models import CPDModel, build_model, save_model
+from cpd.train.benchmark import default_amp_dtype
+from cpd.train.checkpoint import load_latest, read_checkpoint, save_training_checkpoint
+from cpd.train.config import PretrainConfig
+from cpd.train.loader import PretrainData, build_data, make_loader
+from cpd.train.log import RunLogger, format_table
+from cpd.train.schedule import cosine_lr, step_lr, text_encoder_trainable
+from cpd.train.state import StopSignal, capture_rng_state, restore_rng_state
+from cpd.train.step import TextFeatureCache, autocast_context, pretrain_step
+
+__all__ = ["TrainingInterrupted", "TrainingDiverged", "evaluate_retrieval", "pretrain"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(CPDError):
+    """The run stopped on SIGTERM/SIGINT after writing a checkpoint; ``signal`` names it."""
+
+    def __init__(self, message: str, signal_name: str) -> None:
+        super().__init__(message)
+        self.signal_name = signal_name
+
+
+class TrainingDiverged(CPDError):
+    """Too many non-finite steps in a row (``run.max_bad_steps``)."""
+
+
+# --- process and run directory ------------------------------------------------------------
+
+
+@dataclass
+class Env:
+    """This process's place in the job."""
+
+    device: torch.device
+    rank: int
+    world_size: int
+    owns_group: bool  # we initialised the process group and must destroy it
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_env(device: str) -> Env:
+    """Join torchrun's process group (env:// variables) if there is one; pick the device."""
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device: 'cuda' requested but no CUDA device is available")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+        owns = True
+    dev = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    return Env(dev, dist.get_rank(), dist.get_world_size(), owns)
+
+
+def git_revision() -> str | None:
+    """The source checkout's git commit, or None (installed package, no git)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def write_run_files(cfg: PretrainConfig, run_dir: Path, env: Env) -> dict[str, Any]:
+    """Resolved ``config.yaml`` and ``run_info.json`` (version, git revision, world size)."""
+    info = {
+        "version": cpd.__version__,
+        "git_revision": git_revision(),
+        "world_size": env.world_size,
+        "device": str(env.device),
+        "torch": torch.__version__,
+    }
+    save_config(cfg, run_dir / "config.yaml")
+    text = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    header = f"# cpd {info['version']}, git {info['git_revision'] or 'unknown'}\n"
+    (run_dir / "config.yaml").write_text(header + text, encoding="utf-8")
+    (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return info
+
+
+def find_resume(cfg: PretrainConfig, run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint to continue from, according to ``run.resume``."""
+    if cfg.run.resume == "auto":
+        return load_latest(run_dir)
+    if cfg.run.resume == "never":
+        if any(run_dir.glob("*.pt")):
+            raise ConfigError(
+                f"run.resume=never but {run_dir} already holds checkpoints; choose another run.out"
+            )
+        return None
+    path = Path(cfg.run.resume)
+    return path, read_checkpoint(path)
+
+
+# --- model, loss, optimizer ---------------------------------------------------------------
+
+
+class _InfoNCEStep(nn.Module):
+    """InfoNCE behind the memory-bank loss's call signature, as ``pretrain_step`` expects."""
+
+    def __init__(self, loss: InfoNCELoss) -> None:
+        super().__init__()
+        self.inner = loss
+
+    def forward(self, video, text, idx, *, generator, hard_video=None, hard_valid=None,
+                update_memory=False):  # type: ignore[no-untyped-def]  # fmt: skip
+        return self.inner(video, text, hard_video=hard_video, hard_valid=hard_valid)
+
+    def update_memory(self, video: torch.Tensor, text: torch.Tensor, idx: torch.Tensor) -> None:
+        """No memory: nothing to update."""
+
+
+def build_loss(cfg: PretrainConfig, num_data: int) -> nn.Module:
+    """The loss of ``loss.kind``, sized for the training set."""
+    c = cfg.loss
+    if c.kind == "infonce":
+        return _InfoNCEStep(InfoNCELoss(c.temperature))
+    return MemoryBankNCELoss(
+        num_data,
+        cfg.model.embed_dim,
+        num_negatives=c.num_negatives,
+        temperature=c.temperature,
+        momentum=c.momentum,
+        bank_dtype=getattr(torch, c.bank_dtype),
+        seed=cfg.run.seed,
+    )
+
+
+def build_optimizer(cfg: PretrainConfig, model: CPDModel, loss_fn: nn.Module) -> torch.optim.SGD:
+    """SGD with named groups: ``main`` / ``main_no_decay`` (video tower, heads, loss),
+    ``text`` / ``text_no_decay`` (the text encoder; lr 0 and no gradients while frozen).
+
+    BatchNorm weights and biases (1-D parameters) get no weight decay when
+    ``optim.no_decay_norm_bias`` (common practice; the official code decayed everything).
+    """
+    o = cfg.optim
+    groups: dict[str, list[nn.Parameter]] = {k: [] for k in ("main", "text")}
+    no_decay: dict[str, list[nn.Parameter]] = {k: [] for k in ("main", "text")}
+    text_ids = {id(p) for p in model.textual_encoder.parameters()}
+    for p in [*model.parameters(), *loss_fn.parameters()]:
+        side = "text" if id(p) in text_ids else "main"
+        (no_decay if o.no_decay_norm_bias and p.dim() <= 1 else groups)[side].append(p)
+    param_groups = []
+    for side, base in (("main", o.lr), ("text", o.text_lr)):
+        for name, params, wd in ((side, groups[side], o.weight_decay),
+                                 (f"{side}_no_decay", no_decay[side], 0.0)):  # fmt: skip
+            if params:
+                param_groups.append(
+                    {"params": params, "name": name, "base_lr": base, "weight_decay": wd}
+                )
+    return torch.optim.SGD(
+        param_groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=0.0
+    )
+
+
+def lr_factor(cfg: PretrainConfig, epoch_float: float) -> float:
+    """The schedule's multiplier of the base learning rates at a (fractional) epoch."""
+    s = cfg.schedule
+    if s.kind == "cosine":
+        return cosine_lr(1.0, epoch_float, s.epochs, s.warmup_epochs, s.final_lr)
+    return step_lr(1.0, epoch_float, s.milestones, s.gamma, s.warmup_epochs)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, factor: float, text_trainable: bool) -> float:
+    """Set every group's lr for this step; returns the main lr."""
+    for group in optimizer.param_groups:
+        on = text_trainable or not group["name"].startswith("text")
+        group["lr"] = group["base_lr"] * factor if on else 0.0
+    return optimizer.param_groups[0]["lr"]
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """``optim.amp`` as an autocast dtype (None = fp32)."""
+    if amp == "auto":
+        return default_amp_dtype(device)
+    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_retrieval(
+    model: CPDModel,
+    dataset: Any,
+    *,
+    batch_size: int,
+    device: torch.device,
+    workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Text→video / video→text retrieval metrics of ``dataset`` (centre clips), exact under DDP.
+
+    Every rank embeds its share; embeddings are gathered with their indices and the
+    sampler's padded repeats dropped, so the result equals one process's on the same data.
+    Collective under a process group: call it on every rank.
+    """
+    from cpd.eval.retrieval import gather_embeddings, retrieval_metrics
+
+    was_training = model.training
+    model.eval()
+    loader = make_loader(dataset, batch_size=batch_size, train=False, seed=0, epoch=0,
+                         workers=workers, rank=dist.get_rank(),
+                         world_size=dist.get_world_size())  # fmt: skip
+    videos, texts, indices = [], [], []
+    for batch in loader:
+        with autocast_context(device, amp_dtype):
+            v = model.encode_video(batch["video"].to(device, non_blocking=True))
+            t = model.encode_tokens(
+                batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            )
+        videos.append(v.float())
+        texts.append(t.float())
+        indices.append(batch["index"].to(device))
+    dim = model.embed_dim
+    local_v = torch.cat(videos) if videos else torch.zeros(0, dim, device=device)
+    local_t = torch.cat(texts) if texts else torch.zeros(0, dim, device=device)
+    local_i = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=device)
+    all_v, _ = gather_embeddings(local_v, local_i)
+    all_t, _ = gather_embeddings(local_t, local_i)
+    model.train(was_training)
+    metrics = retrieval_metrics(all_v.cpu(), all_t.cpu())
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+# --- the trainer --------------------------------------------------------------------------
+
+
+@dataclass
+class Trainer:
+    """The state of one run: what is built once, and where the run stands."""
+
+    cfg: PretrainConfig
+    env: Env
+    run_dir: Path
+    data: PretrainData
+    model: CPDModel
+    loss_fn: nn.Module
+    optimizer: torch.optim.SGD
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    logger: RunLogger
+    batch_per_rank: int
+    epoch: int = 0  # the epoch being run (== completed epochs at an epoch boundary)
+    step_in_epoch: int = 0  # steps of ``epoch`` already done
+    global_step: int = 0
+    bad_steps: int = 0  # consecutive non-finite steps
+    last_val: dict[str, float] = field(default_factory=dict)
+    last_epoch: dict[str, float] = field(default_factory=dict)
+    text_cache: TextFeatureCache | None = None
+    wrapped: nn.Module | None = None
+    stage: bool | None = None  # text encoder trainable in the current wrapper
+
+    @property
+    def steps_per_epoch(self) -> int:
+        per_rank = -(-len(self.data.train) // self.env.world_size)  # the sampler's padded length
+        return per_rank // self.batch_per_rank
+
+    # checkpoints ---------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Everything a resume needs (the text cache is not saved: it is recomputed)."""
+        return {
+            "model": self.model.state_dict(),
+            "config": to_dict(self.cfg),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "loss": self.loss_fn.state_dict(),
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "bad_steps": self.bad_steps,
+            "rng": capture_rng_state(),
+            "version": cpd.__version__,
+            "world_size": self.env.world_size,
+        }
+
+    def save(self, periodic: bool) -> None:
+        """Rank 0 writes ``last.pt`` (and ``epoch_N.pt`` when due); all ranks then agree."""
+        if self.env.main:
+            every = self.cfg.run.save_every if periodic else 0
+            save_training_checkpoint(self.state(), self.run_dir, self.epoch, every)
+        if self.env.world_size > 1:
+            torch.distributed.barrier()
+
+    def load(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by :meth:`state`."""
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.loss_fn.load_state_dict(ckpt["loss"])
+            if self.scaler is not None and ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+            self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
+            self.global_step, self.bad_steps = int(ckpt["global_step"]), int(ckpt["bad_steps"])
+            restore_rng_state(ckpt["rng"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: cannot resume from it: {exc}") from exc
+        old = from_dict(PretrainConfig, ckpt["config"]) if "config" in ckpt else None
+        if old is not None and to_dict(old.model) != to_dict(self.cfg.model):
+            raise CheckpointError(f"{path}: its model config differs from this run's")
+        self.logger.message(
+            f"resuming from {path}: epoch {self.epoch + 1}, step {self.step_in_epoch} of "
+            f"{self.steps_per_epoch} (global step {self.global_step})"
+        )
+        self.logger.write("event", self.global_step, event="resume", checkpoint=str(path))
+
+    # curriculum ----------------------------------------------------------------------------
+
+    def enter_epoch(self, epoch: int) -> None:
+        """Freeze or unfreeze the text encoder for ``epoch``; (re)wrap in DDP on a change."""
+        trainable = text_encoder_trainable(epoch, self.cfg.schedule.unfreeze_epoch)
+        if trainable == self.stage:
+            return
+        text = self.model.textual_encoder
+        if trainable:
+            text.unfreeze()
+            self.text_cache = None  # its features are stale once the encoder trains
+        else:
+            text.freeze()
+            self.text_cache = TextFeatureCache(len(self.data.train), text.hidden_size)
+            self._warm_text_cache()
+        self.model.train()
+        # DDP registers the parameters that need gradients when it is built: rebuild it.
+        self.wrapped = self.model
+        if self.env.world_size > 1:
+            ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+            self.wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.stage = trainable
+        self.logger.write("event", self.global_step, event="text_encoder",
+                          trainable=trainable, epoch=epoch)  # fmt: skip
+
+    @torch.no_grad()
+    def _warm_text_cache(self, chunk: int = 256) -> None:
+        """Fill the frozen encoder's feature cache from the tokenised captions, in fixed
+        chunks, so cached features never depend on which batch first met a caption."""
+        assert self.text_cache is not None
+        ds, dev = self.data.train, self.env.device
+        for start in range(0, len(ds), chunk):
+            stop = min(start + chunk, len(ds))
+            with autocast_context(dev, self.amp_dtype):
+                self.text_cache.pooled(
+                    self.model.textual_encoder,
+                    ds.input_ids[start:stop].long().to(dev),
+                    ds.attention_mask[start:stop].long().to(dev),
+                    torch.arange(start, stop),
+                )
+
+    # the loop ------------------------------------------------------------------------------
+
+    def train_epoch(self, stop: StopSignal) -> bool:
+        """Run the rest of the current epoch; returns False if a stop signal ended it early."""
+        cfg, env, epoch = self.cfg, self.env, self.epoch
+        self.enter_epoch(epoch)
+        total = self.steps_per_epoch
+        loader = make_loader(
+            self.data.train, batch_size=self.batch_per_rank, train=True, seed=cfg.run.seed,
+            epoch=epoch, workers=cfg.data.workers, rank=env.rank, world_size=env.world_size,
+            skip_batches=self.step_in_epoch,
+        )  # fmt: skip
+        fmt = torch.channels_last_3d if cfg.optim.channels_last else torch.contiguous_format
+        text_on = bool(self.stage)
+        sums = torch.zeros(4, dtype=torch.float64)  # loss, clipped, skipped, steps
+        self.logger.start_epoch(epoch, cfg.schedule.epochs, total, self.step_in_epoch)
+        for batch in loader:
+            i = self.step_in_epoch
+            lr = set_lr(self.optimizer, lr_factor(cfg, epoch + i / total), text_on)
+            # Dropout (the text encoder in stage II) draws from the global generator.
+            torch.manual_seed(seed_for(cfg.run.seed, epoch, i, env.rank, 1))
+            batch = {k: v.to(env.device, non_blocking=True) if isinstance(v, torch.Tensor)
+                     else v for k, v in batch.items()}  # fmt: skip
+            hard = None
+            if cfg.loss.hard_negatives:
+                g = negative_generator(cfg.run.seed + 1, epoch, i, env.rank)
+                hard = temporal_negatives(batch["video"], cfg.loss.hard_shuffle, g)
+            result = pretrain_step(
+                self.wrapped, self.loss_fn, self.optimizer, batch,
+                generator=negative_generator(cfg.run.seed, epoch, i, env.rank, env.device),
+                text_cache=self.text_cache, amp_dtype=self.amp_dtype, scaler=self.scaler,
+                clip_norm=cfg.optim.clip_norm, hard_negatives=hard, memory_format=fmt,
+            )  # fmt: skip
+            self.step_in_epoch += 1
+            self.global_step += 1
+            self._account(result, sums, batch["video"].shape[0], lr)
+            # A stop on the epoch's last step finishes the epoch (the caller then stops).
+            if stop.should_stop(env.device) and self.step_in_epoch < total:
+                return False
+        self._end_epoch(sums)
+        return True
+
+    def _account(self, result: Any, sums: torch.Tensor, clips: int, lr: float) -> None:
+        loss = result.terms["loss"]
+        self.bad_steps = self.bad_steps + 1 if result.skipped else 0
+        if not result.skipped:
+            sums += torch.tensor([loss, float(result.clipped), 0.0, 1.0], dtype=torch.float64)
+        else:
+            sums[2] += 1
+            self.logger.write("event", self.global_step, event="skipped_step", loss=loss)
+        rate = self.logger.step(clips * self.env.world_size, loss, lr)
+        if self.bad_steps >= self.cfg.run.max_bad_steps:
+            raise TrainingDiverged(
+                f"{self.bad_steps} non-finite steps in a row (run.max_bad_steps="
+                f"{self.cfg.run.max_bad_steps}) at epoch {self.epoch + 1}, step "
+                f"{self.step_in_epoch}; last loss terms {result.terms}. Lower optim.lr or "
+                f"check the data; the last good checkpoint is in {self.run_dir}"
+            )
+        if self.global_step % self.cfg.run.log_every == 0:
+            terms = torch.tensor(list(result.terms.values()), dtype=torch.float64)
+            terms = dist.all_reduce_mean(terms)  # collective: same step on every rank
+            values = dict(zip(result.terms, terms.tolist(), strict=True))
+            self.logger.write(
+                "step", self.global_step, epoch=self.epoch, step=self.step_in_epoch - 1,
+                lr=lr, text_lr=self.optimizer.param_groups[-1]["lr"], grad_norm=result.grad_norm,
+                clipped=result.clipped, skipped=result.skipped, clips_per_s=rate, **values,
+            )  # fmt: skip
+
+    def _end_epoch(self, sums: torch.Tensor) -> None:
+        seconds = self.logger.end_epoch()
+        if self.env.world_size > 1:
+            # Loss sums and step counts differ per rank; clip and skip events are global
+            # already (one gradient norm, one agreed verdict), so they are not added up.
+            reduced = sums.clone()
+            torch.distributed.all_reduce(reduced)
+            sums = torch.stack([reduced[0], sums[1], sums[2], reduced[3]])
+        steps = max(float(sums[3]), 1.0)
+        self.last_epoch = {
+            "epoch": self.epoch + 1,
+            "loss": float(sums[0]) / steps,  # mean over this process's steps (since a resume)
+            "clip_events": int(sums[1]),
+            "skipped_steps": int(sums[2]),
+            "seconds": round(seconds, 3),
+        }
+        self.logger.write("epoch", self.global_step, **self.last_epoch)
+        self.epoch += 1
+        self.step_in_epoch = 0
+
+
+# --- entry point --------------------------------------------------------------------------
+
+
+def build(cfg: PretrainConfig, env: Env, run_dir: Path, logger: RunLogger) -> Trainer:
+    """Data, model, loss, optimizer and scaler for ``cfg`` on this process."""
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    if cfg.optim.batch_size % env.world_size:
+        raise ConfigError(
+            f"optim.batch_size={cfg.optim.batch_size} (the total) is not divisible by the "
+            f"world size {env.world_size}"
+        )
+    per_rank = cfg.optim.batch_size // env.world_size
+    sync_bn = cfg.optim.sync_bn
+    if sync_bn is None:
+        sync_bn = env.world_size > 1 and env.device.type == "cuda"
+    if sync_bn and env.world_size > 1 and env.device.type != "cuda":
+        raise ConfigError("optim.sync_bn: SyncBatchNorm needs CUDA (gloo/CPU has none)")
+    if per_rank < 2 and not (sync_bn and env.world_size > 1):
+        raise ConfigError(
+            f"optim.batch_size={cfg.optim.batch_size} gives {per_rank} clip per process: the "
+            "text head's BatchNorm1d cannot train on one sample; use >= 2 per process (or "
+            "optim.sync_bn=true on CUDA with several processes)"
+        )
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    with warnings.catch_warnings():  # e.g. DistilBERT built from its config without weights
+        warnings.simplefilter("ignore")
+        model = build_model(cfg.model)
+    assert isinstance(model, CPDModel)
+    data = build_data(cfg.data, model.textual_encoder.tokenizer, seed=cfg.run.seed,
+                      val=cfg.run.val_every > 0)  # fmt: skip
+    if len(data.train) < cfg.optim.batch_size:
+        raise ConfigError(
+            f"optim.batch_size={cfg.optim.batch_size} exceeds the {len(data.train)} training pairs"
+        )
+    if sync_bn and env.world_size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[assignment]
+    model.to(env.device)
+    if cfg.optim.channels_last:
+        model.visual_encoder.to(memory_format=torch.channels_last_3d)
+    loss_fn = build_loss(cfg, len(data.train)).to(env.device)
+    optimizer = build_optimizer(cfg, model, loss_fn)
+    amp_dtype = resolve_amp(cfg.optim.amp, env.device)
+    scaler = None
+    if amp_dtype == torch.float16 and env.device.type == "cuda":
+        scaler = torch.amp.GradScaler("cuda")
+    return Trainer(cfg, env, run_dir, data, model, loss_fn, optimizer, scaler, amp_dtype,
+                   logger, per_rank)  # fmt: skip
+
+
+def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
+    """Run (or resume) pretraining as configured; returns the results (also results.json).
+
+    Raises:
+        TrainingInterrupted: SIGTERM/SIGINT; a checkpoint of the exact step was written.
+        TrainingDiverged: ``run.max_bad_steps`` non-finite steps in a row.
+        ConfigError / DataError / CheckpointError: bad settings, data or checkpoints.
+    """
+    env = init_env(cfg.run.device)
+    run_dir = Path(cfg.run.out)
+    logger = None
+    try:
+        if env.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        if env.world_size > 1:
+            torch.distributed.barrier()
+        resume = find_resume(cfg, run_dir)
+        info = write_run_files(cfg, run_dir, env) if env.main else {}
+        logger = RunLogger(run_dir, enabled=env.main, progress=cfg.run.progress,
+                           tensorboard=cfg.run.tensorboard)  # fmt: skip
+        trainer = build(cfg, env, run_dir, logger)
+        if resume is not None:
+            trainer.load(*resume)
+        with StopSignal() as stop:
+            while trainer.epoch < cfg.schedule.epochs:
+                if not trainer.train_epoch(stop):
+                    trainer.save(periodic=False)
+                    raise TrainingInterrupted(
+                        f"stopped by {stop.name} at epoch {trainer.epoch + 1}, step "
+                        f"{trainer.step_in_epoch}; checkpoint {run_dir / 'last.pt'}. Resume with: "
+                        f"cpd pretrain --config {run_dir / 'config.yaml'}",
+                        stop.name,
+                    )
+                trainer.save(periodic=True)
+                if stop.received is not None:
+                    raise TrainingInterrupted(
+                        f"stopped by {stop.name} after epoch {trainer.epoch}; checkpoint "
+                        f"{run_dir / 'last.pt'}. Resume with: "
+                        f"cpd pretrain --config {run_dir / 'config.yaml'}",
+                        stop.name,
+                    )
+                _maybe_validate(trainer)
+        return _finish(trainer, info)
+    finally:
+        if logger is not None:
+            logger.close()
+        if env.owns_group:
+            with contextlib.suppress(Exception):
+                torch.distributed.destroy_process_group()
+
+
+def _maybe_validate(trainer: Trainer) -> None:
+    cfg, epoch = trainer.cfg, trainer.epoch
+    every = cfg.run.val_every
+    if trainer.data.val is None or every <= 0:
+        return
+    if epoch % every and epoch != cfg.schedule.epochs:
+        return
+    metrics = evaluate_retrieval(
+        trainer.model, trainer.data.val, batch_size=trainer.batch_per_rank,
+        device=trainer.env.device, workers=cfg.data.workers, amp_dtype=trainer.amp_dtype,
+    )  # fmt: skip
+    trainer.last_val = metrics
+    trainer.logger.write("val", trainer.global_step, epoch=epoch, **metrics)
+    trainer.logger.message(
+        f"epoch {epoch}: val " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    )
+
+
+def _finish(trainer: Trainer, info: dict[str, Any]) -> dict[str, Any]:
+    """Export the final weights and write results.json (rank 0)."""
+    run_dir = trainer.run_dir
+    final = {**{f"train_{k}": v for k, v in trainer.last_epoch.items()},
+             **{f"val_{k}": v for k, v in trainer.last_val.items()}}  # fmt: skip
+    results = {
+        "final": final,
+        "epochs": trainer.epoch,
+        "global_step": trainer.global_step,
+        "seed": trainer.cfg.run.seed,
+        "world_size": trainer.env.world_size,
+        "config": to_dict(trainer.cfg),
+        **info,
+    }
+    if trainer.env.main:
+        save_model(trainer.model, run_dir / "export")
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        trainer.logger.message(format_table(final))
+        trainer.logger.message(f"weights exported to {run_dir / 'export'} (cpd.load_model)")
+    return results
