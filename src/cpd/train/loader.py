@@ -81,7 +81,9 @@ def _clip_loader(cfg: DataConfig, scale_range: tuple[int, int] | None) -> Any:
     return FrameCache(short_side=short, max_bytes=int(cfg.cache_max_gb * 1e9))
 
 
-def build_data(cfg: DataConfig, tokenizer: Any, *, seed: int, val: bool) -> PretrainData:
+def build_data(
+    cfg: DataConfig, tokenizer: Any, *, seed: int, val: bool, progress: bool = True
+) -> PretrainData:
     """Read the manifest's splits and build the datasets (validation clips in test mode)."""
     if not cfg.manifest:
         raise ConfigError("data.manifest: required (e.g. OUT/captions.jsonl from `cpd synth OUT`)")
@@ -114,7 +116,7 @@ def build_data(cfg: DataConfig, tokenizer: Any, *, seed: int, val: bool) -> Pret
     if loader is not None and hasattr(loader, "fill"):
         # Fill before DataLoader workers fork, so that they share the decoded frames.
         paths = train.paths + (val_set.paths if val_set is not None else [])
-        loader.fill(paths, workers=max(cfg.workers, 1))
+        loader.fill(paths, workers=max(cfg.workers, 1), progress=progress)
     return PretrainData(train, val_set, hflip)
 
 

@@ -245,7 +245,8 @@ def evaluate_retrieval(
     sampler's padded repeats dropped, so the result equals one process's on the same data.
     Collective under a process group: call it on every rank.
     """
-    from cpd.eval.retrieval import gather_embeddings, retrieval_metrics
+    from cpd.eval.gather import gather_embeddings
+    from cpd.eval.retrieval import retrieval_metrics
 
     was_training = model.training
     model.eval()
@@ -266,8 +267,8 @@ def evaluate_retrieval(
     local_v = torch.cat(videos) if videos else torch.zeros(0, dim, device=device)
     local_t = torch.cat(texts) if texts else torch.zeros(0, dim, device=device)
     local_i = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=device)
-    all_v, _ = gather_embeddings(local_v, local_i)
-    all_t, _ = gather_embeddings(local_t, local_i)
+    all_v, _ = gather_embeddings(local_v, local_i, num_samples=len(dataset))
+    all_t, _ = gather_embeddings(local_t, local_i, num_samples=len(dataset))
     model.train(was_training)
     metrics = retrieval_metrics(all_v.cpu(), all_t.cpu())
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -515,7 +516,8 @@ def build(cfg: PretrainConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
         model = build_model(cfg.model)
     assert isinstance(model, CPDModel)
     data = build_data(cfg.data, model.textual_encoder.tokenizer, seed=cfg.run.seed,
-                      val=cfg.run.val_every > 0)  # fmt: skip
+                      val=cfg.run.val_every > 0,
+                      progress=cfg.run.progress and env.main)  # fmt: skip
     if len(data.train) < cfg.optim.batch_size:
         raise ConfigError(
             f"optim.batch_size={cfg.optim.batch_size} exceeds the {len(data.train)} training pairs"
@@ -586,6 +588,11 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 torch.distributed.destroy_process_group()
 
 
+# the validation figures printed (results.json and metrics.jsonl hold them all)
+_SHOWN = ("t2v_r1", "t2v_r5", "t2v_r10", "t2v_median_rank", "v2t_r1", "v2t_r5", "v2t_r10",
+          "v2t_median_rank", "t2v_chance_r1")  # fmt: skip
+
+
 def _maybe_validate(trainer: Trainer) -> None:
     cfg, epoch = trainer.cfg, trainer.epoch
     every = cfg.run.val_every
@@ -599,8 +606,9 @@ def _maybe_validate(trainer: Trainer) -> None:
     )  # fmt: skip
     trainer.last_val = metrics
     trainer.logger.write("val", trainer.global_step, epoch=epoch, **metrics)
+    shown = {k: metrics[k] for k in _SHOWN if k in metrics}
     trainer.logger.message(
-        f"epoch {epoch}: val " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        f"epoch {epoch}: val " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
     )
 
 
@@ -621,6 +629,8 @@ def _finish(trainer: Trainer, info: dict[str, Any]) -> dict[str, Any]:
     if trainer.env.main:
         save_model(trainer.model, run_dir / "export")
         (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-        trainer.logger.message(format_table(final))
+        shown = {k: v for k, v in final.items()
+                 if k.startswith("train_") or k.removeprefix("val_") in _SHOWN}  # fmt: skip
+        trainer.logger.message(format_table(shown))
         trainer.logger.message(f"weights exported to {run_dir / 'export'} (cpd.load_model)")
     return results
