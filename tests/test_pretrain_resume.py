@@ -1,0 +1,127 @@
+"""Resuming `cpd pretrain`: mid-epoch stops reproduce the uninterrupted run, SIGTERM, fallback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from cpd.train.checkpoint import read_checkpoint
+from cpd.train.config import load_pretrain_config
+from cpd.train.pretrain import TrainingInterrupted, pretrain
+from cpd.train.state import StopSignal
+
+
+def _steps(run_dir):
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "step"]
+
+
+def _config(overrides, run_dir, *extra):
+    return load_pretrain_config(
+        "pretrain_synthetic_cpu", [*overrides, f"run.out={run_dir}", *extra]
+    )
+
+
+def test_stop_mid_epoch_and_resume_equals_uninterrupted(
+    tiny_pretrain_overrides, tmp_path, monkeypatch
+):
+    # Stage II (text encoder training, with dropout) and hard negatives are on, and the stop
+    # falls inside epoch 2: the resumed run must skip the step already done, redraw nothing.
+    extra = ["loss.hard_shuffle=true", "run.val_every=0"]
+    straight = tmp_path / "straight"
+    pretrain(_config(tiny_pretrain_overrides, straight, *extra))
+
+    resumed = tmp_path / "resumed"
+    real = StopSignal.should_stop
+    calls = {"n": 0}
+
+    def stop_after_four(self, device):
+        real(self, device)
+        calls["n"] += 1
+        return calls["n"] == 4  # global step 4 = epoch 2, step 1 of 3
+
+    monkeypatch.setattr(StopSignal, "should_stop", stop_after_four)
+    with pytest.raises(TrainingInterrupted, match="Resume with"):
+        pretrain(_config(tiny_pretrain_overrides, resumed, *extra))
+    ckpt = read_checkpoint(resumed / "last.pt")
+    assert (ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]) == (1, 1, 4)
+    monkeypatch.setattr(StopSignal, "should_stop", real)
+    torch.manual_seed(1234)  # global state must not matter
+    pretrain(_config(tiny_pretrain_overrides, resumed, *extra))
+
+    a, b = _steps(straight), _steps(resumed)
+    assert [s["global_step"] for s in b] == [s["global_step"] for s in a] == list(range(1, 7))
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-6, abs=1e-6), (x, y)
+        assert y["lr"] == x["lr"]
+    end_a, end_b = read_checkpoint(straight / "last.pt"), read_checkpoint(resumed / "last.pt")
+    for part in ("model", "loss"):
+        for key, value in end_a[part].items():
+            torch.testing.assert_close(end_b[part][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_corrupt_last_checkpoint_falls_back(tiny_pretrain_overrides, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    extra = ["schedule.epochs=1", "run.save_every=1", "run.val_every=0"]
+    pretrain(_config(tiny_pretrain_overrides, run_dir, *extra))
+    assert (run_dir / "epoch_0001.pt").exists()
+    (run_dir / "last.pt").write_bytes(b"not a checkpoint")
+    with caplog.at_level(logging.ERROR):
+        pretrain(_config(tiny_pretrain_overrides, run_dir, "schedule.epochs=2", "run.val_every=0"))
+    assert any("last.pt" in r.getMessage() for r in caplog.records)
+    steps = _steps(run_dir)
+    assert [s["global_step"] for s in steps] == list(range(1, 7))  # went on from epoch 1
+    assert read_checkpoint(run_dir / "last.pt")["epoch"] == 2
+
+
+def _command() -> list[str]:
+    from cpd import cli
+
+    # `cpd pretrain` once the CLI lists it; the module itself until then
+    if "pretrain" in getattr(cli, "COMMANDS", {}):
+        return [sys.executable, "-m", "cpd", "pretrain"]
+    return [sys.executable, "-m", "cpd.commands.pretrain"]
+
+
+def test_sigterm_stops_with_a_checkpoint_then_resume_finishes(tiny_pretrain_overrides, tmp_path):
+    run_dir = tmp_path / "run"
+    # batch 2: 6 steps per epoch, 3 epochs, stage I only (fast steps)
+    args = [*tiny_pretrain_overrides, f"run.out={run_dir}", "optim.batch_size=2",
+            "schedule.epochs=3", "schedule.unfreeze_epoch=null", "run.val_every=0"]  # fmt: skip
+    cmd = [*_command(), "--config", "pretrain_synthetic_cpu", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            metrics = run_dir / "metrics.jsonl"
+            if metrics.exists() and metrics.read_text().count('"kind": "step"') >= 2:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "Resume with" in err
+    ckpt = read_checkpoint(run_dir / "last.pt")
+    done = ckpt["global_step"]
+    assert 2 <= done < 18
+    assert ckpt["epoch"] * 6 + ckpt["step_in_epoch"] == done
+    assert [s["global_step"] for s in _steps(run_dir)] == list(range(1, done + 1))
+
+    pretrain(load_pretrain_config(str(run_dir / "config.yaml")))  # the resume the message names
+    steps = _steps(run_dir)
+    assert [s["global_step"] for s in steps] == list(range(1, 19))
+    assert sorted((s["epoch"], s["step"]) for s in steps) == [
+        (e, i) for e in range(3) for i in range(6)
+    ]
+    assert read_checkpoint(run_dir / "last.pt")["epoch"] == 3
