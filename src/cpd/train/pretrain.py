@@ -468,6 +468,11 @@ class Trainer:
     def _end_epoch(self, sums: torch.Tensor) -> None:
         seconds = self.logger.end_epoch()
         if self.env.world_size > 1:
+            # BatchNorm running statistics drift apart per rank (DDP only broadcasts rank 0's
+            # at the next forward): make every rank hold the checkpointed state before
+            # validation, so that validation evaluates exactly the saved model.
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, 0)
             # Loss sums and step counts differ per rank; clip and skip events are global
             # already (one gradient norm, one agreed verdict), so they are not added up.
             reduced = sums.clone()
