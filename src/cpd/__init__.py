@@ -33,7 +33,10 @@ _EXPORTS: dict[str, str] = {
     "VideoCaptionDataset": "cpd.data",
     "ActionDataset": "cpd.data",
     "collate": "cpd.data",
-    "write_synthetic_dataset": "cpd.data.synthetic",
+    "FrameCache": "cpd.data",
+    "write_synthetic_dataset": "cpd.data",
+    # evaluation
+    "retrieval_metrics": "cpd.eval",
     # models
     "ModelConfig": "cpd.models",
     "CPDModel": "cpd.models",

@@ -4,6 +4,8 @@
 * :mod:`cpd.data.actions`: labelled action videos (UCF101 / HMDB51 lists, split JSON, CSV).
 * :mod:`cpd.data.packaged_splits`: the UCF101 / HMDB51 splits shipped with the package.
 * :mod:`cpd.data.datasets`: PyTorch datasets, the failure policy, ``collate``.
+* :mod:`cpd.data.cache`: decoded uint8 frames kept in memory, served as clips (``FrameCache``).
+* :mod:`cpd.data.synthetic`: the embedded synthetic dataset (``cpd synth``).
 
 The record readers need only the standard library; the datasets (PyTorch) load on first use.
 """
@@ -42,6 +44,8 @@ _LAZY = {
         "tokenize_captions",
     )
 }
+_LAZY.update({name: "cpd.data.cache" for name in ("FrameCache", "CachedVideo", "CacheBudgetError")})
+_LAZY["write_synthetic_dataset"] = "cpd.data.synthetic"
 
 __all__ = [
     "ActionRecord",
