@@ -16,6 +16,7 @@ from cpd import __version__
 # command name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("cpd.commands.synth", "write the embedded synthetic video-caption dataset"),
+    "pretrain": ("cpd.commands.pretrain", "pretrain the video encoder on video-caption pairs (CPD)"),
     "bench": ("cpd.commands.bench", "speed benchmarks (clip loading, training step)"),
 }
 
