@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``cpd zeroshot``."""
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="CPD model with text tower")
     add_dataset_arguments(parser, several_splits=False)
-    add_view_arguments(parser, clips=1, crops=1)
+    add_view_arguments(parser, clips=1, crops=1, frames=8)
     g = parser.add_argument_group("zero-shot")
     g.add_argument("--templates", help="prompt templates file, one per line with one {}")
     g.add_argument("--random-splits", type=int, default=0, metavar="N",
