@@ -102,6 +102,9 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, out: bool = True) -
                    "views at a time")  # fmt: skip
     g.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads per process (default: torch's choice; 1 helps tiny "
+                   "models on busy machines)")  # fmt: skip
 
 
 def load_action_split(args: argparse.Namespace, split: int) -> ActionSplit:
@@ -257,6 +260,8 @@ def run_command(name: str, body: Any, args: argparse.Namespace) -> int:
 
     Our own bugs (anything but :class:`CPDError`) propagate with their traceback.
     """
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     try:
         return int(body(args) or 0)
     except CPDError as exc:
