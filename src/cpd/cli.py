@@ -16,7 +16,27 @@ from cpd import __version__
 # command name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("cpd.commands.synth", "write the embedded synthetic video-caption dataset"),
-    "pretrain": ("cpd.commands.pretrain", "pretrain the video encoder on video-caption pairs (CPD)"),
+    "pretrain": (
+        "cpd.commands.pretrain",
+        "pretrain the video encoder on video-caption pairs (CPD)",
+    ),
+    "test": (
+        "cpd.commands.test",
+        "multi-view (10x3) action recognition test of a finetuned classifier",
+    ),
+    "zeroshot": ("cpd.commands.zeroshot", "zero-shot action recognition from class-name text"),
+    "retrieval": (
+        "cpd.commands.retrieval",
+        "text<->video retrieval (R@1/5/10, median / mean rank)",
+    ),
+    "embed": (
+        "cpd.commands.embed",
+        "write video or text embeddings with their ids (.npy, safetensors)",
+    ),
+    "export": (
+        "cpd.commands.export",
+        "export a checkpoint (ours or official) to safetensors + config",
+    ),
     "bench": ("cpd.commands.bench", "speed benchmarks (clip loading, training step)"),
 }
 
@@ -32,8 +52,12 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         if name in argv:
             module = importlib.import_module(module_name)
-            p = sub.add_parser(name, help=help_text, description=module.__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+            p = sub.add_parser(
+                name,
+                help=help_text,
+                description=module.__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+            )
             module.add_arguments(p)
             p.set_defaults(_run=module.run)
         else:
