@@ -57,6 +57,7 @@ def tiny_pretrain_overrides(tiny_synthetic, tiny_text_encoder) -> list[str]:
         f"model.text_encoder={tiny_text_encoder}",
         "model.embed_dim=16",
         "model.text_head_dim=32",
+        "loss.kind=nce",  # the paper's loss: banks and Z are part of what these tests check
         "loss.num_negatives=16",
         "optim.batch_size=4",
         "optim.lr=0.02",

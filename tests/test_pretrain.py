@@ -122,3 +122,14 @@ def test_non_finite_steps_stop_the_run(tiny_pretrain_overrides, tmp_path, monkey
     skipped = [e for e in (_lines(tmp_path, "event")) if e["event"] == "skipped_step"]
     assert len(skipped) == 2
     assert not (tmp_path / "last.pt").exists()  # nothing half-trained was saved
+
+
+def test_infonce_run_trains_its_temperature(tiny_pretrain_overrides, tmp_path):
+    """The synthetic preset's loss: in-batch InfoNCE, whose learnable temperature must train."""
+    overrides = [*tiny_pretrain_overrides, f"run.out={tmp_path}", "loss.kind=infonce",
+                 "schedule.unfreeze_epoch=null", "run.val_every=0"]  # fmt: skip
+    results = pretrain(load_pretrain_config("pretrain_synthetic_cpu", overrides))
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    scale = [v for k, v in ckpt["loss"].items() if "logit_scale" in k]
+    assert len(scale) == 1 and not torch.isclose(scale[0], torch.log(torch.tensor(1 / 0.07)))
+    assert results["final"]["train_skipped_steps"] == 0
