@@ -1,0 +1,700 @@
+"""Finetuning and linear probes of the video encoder on labelled actions (``cpd finetune``).
+
+Read top to bottom: :func:`finetune` sets up the process (group) and run directory exactly as
+pretraining does (:mod:`cpd.train.pretrain`'s ``init_env``, ``write_run_files``,
+``find_resume``), then builds the data (:func:`build_data`) and the classifier
+(:func:`build_classifier`: the encoder of ``model.init`` with a new ``fc``), runs the epochs
+(:meth:`Trainer.train_epoch`, one :func:`finetune_step` per batch), validates (centre-clip
+accuracy, :func:`evaluate_clips`) and steps ReduceLROnPlateau on it, checkpoints every epoch,
+and finishes with the multi-view test (:func:`multiview_test`, the ``cpd test`` machinery),
+``results.json``, a printed table and ``export/``. ``mode: linear_features`` branches to
+:func:`cpd.train.probe.linear_probe` after the common setup.
+
+``mode: linear`` freezes the encoder in EVAL mode: its BatchNorm statistics never change and
+nothing inside it is random; only ``fc`` (and the dropout before it, ``model.dropout``) trains.
+The official code's "linear" protocol updated BatchNorm statistics and applied dropout 0.8.
+
+Checkpoints hold ``{"model", "config": {"model": ModelConfig}, "finetune": <this run's config>,
+"optimizer", "scheduler", "scaler", "epoch", "step_in_epoch", "global_step", "rng", ...}`` so
+``cpd test RUN/last.pt`` and :func:`cpd.load_model` read them directly. Reproducibility is as
+in pretraining: data order, clips and dropout derive from (seed, epoch, step, index, rank), so a
+run resumed mid-epoch repeats the uninterrupted run's steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cpd
+from cpd import dist
+from cpd.config import ConfigError, from_dict, to_dict
+from cpd.data import ActionDataset, ActionRecord, ActionSplit
+from cpd.errors import CheckpointError, DataError
+from cpd.losses.memory_bank import seed_for
+from cpd.models import CPDModel, ModelConfig, ResNet3d, build_video_model, load_model, save_model
+from cpd.train.checkpoint import save_training_checkpoint
+from cpd.train.finetune_config import FinetuneConfig, FinetuneDataConfig
+from cpd.train.loader import make_loader
+from cpd.train.log import RunLogger, format_table
+from cpd.train.pretrain import (
+    Env,
+    TrainingDiverged,
+    TrainingInterrupted,
+    find_resume,
+    init_env,
+    resolve_amp,
+    write_run_files,
+)
+from cpd.train.schedule import cosine_lr, step_lr
+from cpd.train.state import StopSignal, capture_rng_state, restore_rng_state
+from cpd.train.step import StepResult, autocast_context
+
+__all__ = [
+    "FinetuneData",
+    "Trainer",
+    "build_classifier",
+    "build_data",
+    "evaluate_clips",
+    "finetune",
+    "finetune_step",
+    "multiview_test",
+    "set_train_mode",
+]
+
+log = logging.getLogger(__name__)
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+@dataclass
+class FinetuneData:
+    """The training clips, the validation centre clips, the test records and the frame cache."""
+
+    classes: tuple[str, ...]
+    train: ActionDataset
+    val: ActionDataset | None
+    test: tuple[ActionRecord, ...]
+    hflip: float
+    cache: Any = None  # FrameCache or None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_split(cfg: FinetuneDataConfig, subset: str) -> ActionSplit:
+    """The ``subset`` ("train" / "test") records of ``data.split`` (via ``cpd test``'s reader)."""
+    import argparse
+
+    from cpd.eval.common import load_action_split
+
+    args = argparse.Namespace(dataset=cfg.dataset, video_root=cfg.video_root,
+                              split_dir=cfg.split_dir, csv=cfg.csv, classes=cfg.classes,
+                              subset=subset)  # fmt: skip
+    split = load_action_split(args, cfg.split)
+    if not len(split):
+        raise DataError(f"data: no {subset} videos in split {cfg.split} of {cfg.dataset}")
+    return split
+
+
+def resolve_hflip(cfg: FinetuneDataConfig) -> float:
+    """``data.hflip``, else the ``dataset.json`` of the dataset's folder, else 0.5."""
+    if cfg.hflip is not None:
+        return cfg.hflip
+    folders = [Path(p).parent for p in (cfg.split_dir, cfg.csv) if p]
+    if cfg.video_root:
+        folders += [Path(cfg.video_root), Path(cfg.video_root).parent]
+    for folder in folders:
+        meta = folder / "dataset.json"
+        if meta.is_file():
+            try:
+                declared = json.loads(meta.read_text(encoding="utf-8")).get("hflip")
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"{meta}: cannot read dataset metadata: {exc}") from exc
+            if declared is not None:
+                # the synthetic set's classes are directions: a flip would swap labels
+                return 0.5 if declared is True else float(declared)
+    return 0.5
+
+
+def _subsample(records: tuple[ActionRecord, ...], limit: int) -> list[ActionRecord]:
+    """At most ``limit`` records, evenly spaced (0 = all), renumbered 0..n-1 for a dataset."""
+    if limit and limit < len(records):
+        picks = [records[(i * len(records)) // limit] for i in range(limit)]
+    else:
+        picks = list(records)
+    return [dataclasses.replace(r, index=i) for i, r in enumerate(picks)]
+
+
+def build_data(cfg: FinetuneConfig, *, progress: bool = False, val: bool = True) -> FinetuneData:
+    """Read the split, build the training / validation datasets, fill the frame cache."""
+    d = cfg.data
+    train_split, test_split = load_split(d, "train"), load_split(d, "test")
+    if train_split.classes != test_split.classes:
+        raise DataError("data: the train and test lists disagree on the classes")
+    hflip = resolve_hflip(d)
+    scale = tuple(d.scale_range) if d.scale_range else None
+    cache = None
+    if d.cache_frames:
+        from cpd.data import FrameCache
+        from cpd.video import default_scale_range
+
+        top = (scale or default_scale_range(d.crop_size))[1]
+        short = d.cache_short_side or max(top, cfg.test.crop_size or d.crop_size)
+        cache = FrameCache(short_side=short, max_bytes=int(d.cache_max_gb * 1e9))
+    clip = dict(num_frames=d.num_frames, stride=d.stride, crop_size=d.crop_size,
+                seed=cfg.run.seed, max_failure_ratio=d.max_failure_ratio)  # fmt: skip
+    train = ActionDataset(train_split.records, train=True, hflip=hflip, scale_range=scale,
+                          loader=cache, **clip)  # type: ignore[arg-type]  # fmt: skip
+    val_set = None
+    if val and cfg.run.val_every > 0:
+        source = test_split if cfg.val.subset == "test" else train_split
+        val_set = ActionDataset(_subsample(source.records, cfg.val.max_videos), train=False,
+                                num_clips=1, num_crops=1,
+                                multiview_loader=cache.load_clips if cache else None,
+                                **clip)  # type: ignore[arg-type]  # fmt: skip
+    if cache is not None:
+        # fill before DataLoader workers fork, so that they share the decoded frames
+        paths = train.paths + [r.path for r in test_split.records]
+        cache.fill(paths, workers=max(d.workers, 1), progress=progress)
+    return FinetuneData(train_split.classes, train, val_set, test_split.records, hflip, cache)
+
+
+# --- model --------------------------------------------------------------------------------
+
+
+def build_classifier(cfg: FinetuneConfig, num_classes: int) -> ResNet3d:
+    """The encoder of ``model.init`` (or a random one) with a new ``fc`` of ``num_classes``.
+
+    A CPD model (export, training checkpoint or official pretraining checkpoint) gives its
+    ``visual_encoder``; a classifier (ours or an official finetuning checkpoint) its weights.
+    """
+    m = cfg.model
+    if m.init == "random":
+        config = ModelConfig(arch=m.arch or "r3d50", base_width=m.base_width or 64,
+                             shortcut=m.shortcut or "A", dropout=m.dropout,
+                             num_classes=num_classes)  # fmt: skip
+        model = build_video_model(config)
+        model.config = config
+        return model
+    loaded = load_model(m.init)
+    if isinstance(loaded, CPDModel):
+        encoder, base = loaded.visual_encoder, loaded.config
+    elif isinstance(loaded, ResNet3d):
+        encoder, base = loaded, loaded.config
+    else:  # pragma: no cover - load_model returns one of the two
+        raise CheckpointError(f"{m.init}: not a video model ({type(loaded).__name__})")
+    if not isinstance(base, ModelConfig):
+        raise CheckpointError(f"{m.init}: the loaded model carries no ModelConfig")
+    for key in ("arch", "base_width", "shortcut"):
+        wanted = getattr(m, key)
+        if wanted is not None and wanted != getattr(base, key):
+            raise ConfigError(f"model.{key}={wanted} but {m.init} holds {getattr(base, key)}")
+    encoder.reset_classifier(num_classes, m.dropout)
+    # a classifier-only config: exports of this model hold no text tower
+    encoder.config = dataclasses.replace(base, num_classes=num_classes, dropout=m.dropout)
+    return encoder.train()
+
+
+def set_train_mode(model: ResNet3d, mode: str) -> None:
+    """Train mode for ``finetune``; for ``linear`` only the head (dropout, fc) is in train
+    mode and the encoder stays in eval mode (fixed BatchNorm statistics)."""
+    if mode == "finetune":
+        model.train()
+        return
+    model.eval()
+    model.dropout.train()
+    model.fc.train()
+
+
+def freeze_encoder(model: ResNet3d) -> None:
+    """Only ``fc`` keeps gradients (``mode: linear``)."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("fc."))
+
+
+def build_optimizer(cfg: FinetuneConfig, model: nn.Module) -> torch.optim.SGD:
+    """SGD over the trainable parameters; 1-D ones without decay if ``no_decay_norm_bias``."""
+    o = cfg.optim
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if o.no_decay_norm_bias and p.dim() <= 1 else decay).append(p)
+    groups = [{"params": ps, "name": n, "base_lr": o.lr, "weight_decay": wd}
+              for n, ps, wd in (("main", decay, o.weight_decay), ("no_decay", no_decay, 0.0))
+              if ps]  # fmt: skip
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+
+
+def lr_factor(cfg: FinetuneConfig, epoch_float: float) -> float:
+    """The step / cosine schedules' multiplier of ``optim.lr`` at a (fractional) epoch."""
+    s = cfg.schedule
+    if s.kind == "cosine":
+        return cosine_lr(1.0, epoch_float, s.epochs, s.warmup_epochs, 0.0)
+    return step_lr(1.0, epoch_float, s.milestones, s.gamma, s.warmup_epochs)
+
+
+# --- one step, validation, test -----------------------------------------------------------
+
+
+def finetune_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    *,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    clip_norm: float = 0.0,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[StepResult, float]:
+    """One cross-entropy step on ``batch`` (on the device); returns (result, correct clips).
+
+    A loss that is not finite on any rank skips the step on every rank, BatchNorm statistics
+    included (they are put back), as in :func:`cpd.train.step.pretrain_step`.
+    """
+    core = model.module if hasattr(model, "module") else model
+    video = batch["video"].contiguous(memory_format=memory_format)
+    saved = [b.detach().clone() for b in core.buffers()]
+    with autocast_context(video.device, amp_dtype):
+        logits = model(video)
+    loss = F.cross_entropy(logits.float(), batch["label"])
+    correct = float((logits.argmax(1) == batch["label"]).sum())
+    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=video.device)
+    if dist.get_world_size() > 1:
+        torch.distributed.all_reduce(bad)
+    optimizer.zero_grad(set_to_none=True)
+    terms = {"loss": float(loss.detach())}
+    if bad.item() > 0:
+        with torch.no_grad():
+            for buf, old in zip(core.buffers(), saved, strict=True):
+                buf.copy_(old)
+        return StepResult(terms, float("nan"), False, True), correct
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    norm = float(torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm > 0 else math.inf))
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return StepResult(terms, norm, clip_norm > 0 and norm > clip_norm, False), correct
+
+
+@torch.no_grad()
+def evaluate_clips(
+    model: nn.Module, dataset: ActionDataset, env: Env, *, batch_size: int, workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Clip-level top-1 / top-5 of the centre clip of every video, exact under DDP.
+
+    Collective under a process group (every rank embeds its share; the logits are gathered
+    with their indices and the sampler's padded repeats dropped).
+    """
+    from cpd.eval import gather_embeddings, topk_accuracy
+
+    was_training = model.training
+    model.eval()
+    loader = make_loader(dataset, batch_size=batch_size, train=False, seed=0, epoch=0,  # type: ignore[arg-type]
+                         workers=workers, rank=env.rank, world_size=env.world_size)  # fmt: skip
+    rows, labels, indices = [], [], []
+    for batch in loader:
+        with autocast_context(env.device, amp_dtype):
+            logits = model(batch["video"].flatten(0, 1).to(env.device, non_blocking=True))
+        rows.append(logits.float())
+        labels.append(batch["label"].to(env.device))
+        indices.append(batch["index"].to(env.device))
+    model.train(was_training)
+    n = getattr(model, "num_classes", None) or rows[0].shape[1]
+    local = torch.cat(rows) if rows else torch.zeros(0, n, device=env.device)
+    local_i = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=env.device)
+    local_y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=env.device)
+    scores, _ = gather_embeddings(local, local_i, num_samples=len(dataset))
+    ys, _ = gather_embeddings(local_y.float(), local_i, num_samples=len(dataset))
+    ks = sorted({1, min(5, n)})
+    acc = topk_accuracy(scores.cpu(), ys.long().cpu(), ks=ks)
+    return {"top1": acc["top1"], "top5": acc[f"top{ks[-1]}"]}
+
+
+def multiview_test(cfg: FinetuneConfig, data: FinetuneData, env: Env, fn: Any, dim: int) -> Any:
+    """Run ``fn(views [V, 3, T, S, S]) -> [dim]`` over every test video with the ``cpd test``
+    machinery (each rank whole videos, exact gather, failures reported, not replaced)."""
+    from cpd.eval.common import EvalEnv
+    from cpd.eval.multiview import collect_video_outputs, multiview_dataset
+
+    t, d = cfg.test, cfg.data
+    dataset = multiview_dataset(data.test, num_clips=t.num_clips, num_crops=t.num_crops,
+                                num_frames=d.num_frames, stride=d.stride,
+                                crop_size=t.crop_size or d.crop_size,
+                                loader=data.cache.load_clips if data.cache else None)  # fmt: skip
+    eval_env = EvalEnv(env.device, env.rank, env.world_size, False,
+                       show_progress=cfg.run.progress and env.main)  # fmt: skip
+    return collect_video_outputs(dataset, fn, eval_env, dim=dim, batch_size=t.batch_size,
+                                 workers=d.workers, desc="multi-view test")  # fmt: skip
+
+
+def test_metrics(scores: torch.Tensor, outputs: Any, data: FinetuneData) -> dict[str, Any]:
+    """Video-level metrics of ``scores [N, C]`` over the videos that decoded, and failures."""
+    from cpd.eval.multiview import classification_metrics
+
+    ok = outputs.ok
+    labels = torch.tensor([r.label for r in data.test])
+    result: dict[str, Any] = {"num_videos": len(data.test), "num_evaluated": int(ok.sum()),
+                              "num_failed": len(outputs.failed),
+                              "failed": [{"video_id": data.test[i].video_id, "path": p,
+                                          "reason": r} for i, (p, r) in outputs.failed.items()]}  # fmt: skip
+    if not result["num_evaluated"]:
+        return {**result, "top1": math.nan, "top5": math.nan, "mean_class_accuracy": math.nan}
+    metrics = classification_metrics(scores[ok], labels[ok], data.num_classes)
+    metrics["per_class_accuracy"] = dict(zip(data.classes, metrics["per_class_accuracy"],
+                                             strict=True))  # fmt: skip
+    return {**result, **metrics}
+
+
+# --- the trainer --------------------------------------------------------------------------
+
+
+@dataclass
+class Trainer:
+    """The state of one finetuning / linear run."""
+
+    cfg: FinetuneConfig
+    env: Env
+    run_dir: Path
+    data: FinetuneData
+    model: ResNet3d
+    wrapped: nn.Module
+    optimizer: torch.optim.SGD
+    scheduler: Any  # ReduceLROnPlateau or None
+    scaler: torch.amp.GradScaler | None
+    amp_dtype: torch.dtype | None
+    logger: RunLogger
+    batch_per_rank: int
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    bad_steps: int = 0
+    last_val: dict[str, float] = field(default_factory=dict)
+    last_epoch: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        per_rank = -(-len(self.data.train) // self.env.world_size)  # the sampler's padded length
+        return per_rank // self.batch_per_rank
+
+    def state(self) -> dict[str, Any]:
+        """Everything a resume needs; ``config.model`` makes the file loadable by load_model."""
+        return {
+            "model": self.model.state_dict(),
+            "config": {"model": self.model.config.to_dict()},
+            "finetune": to_dict(self.cfg),
+            "classes": list(self.data.classes),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "bad_steps": self.bad_steps,
+            "last_val": dict(self.last_val),
+            "rng": capture_rng_state(),
+            "version": cpd.__version__,
+            "world_size": self.env.world_size,
+        }
+
+    def save(self, periodic: bool) -> None:
+        """Rank 0 writes ``last.pt`` (and ``epoch_N.pt`` when due); all ranks then agree."""
+        if self.env.main:
+            every = self.cfg.run.save_every if periodic else 0
+            save_training_checkpoint(self.state(), self.run_dir, self.epoch, every)
+        if self.env.world_size > 1:
+            torch.distributed.barrier()
+
+    def load(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by :meth:`state`."""
+        old = ckpt.get("finetune")
+        if old is not None:
+            prev = from_dict(FinetuneConfig, old)
+            if (prev.mode, to_dict(prev.model)) != (self.cfg.mode, to_dict(self.cfg.model)):
+                raise CheckpointError(f"{path}: its mode / model settings differ from this run's")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(ckpt["scheduler"])
+            if self.scaler is not None and ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+            self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
+            self.global_step, self.bad_steps = int(ckpt["global_step"]), int(ckpt["bad_steps"])
+            self.last_val = dict(ckpt.get("last_val") or {})
+            restore_rng_state(ckpt["rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: cannot resume from it: {exc}") from exc
+        self.logger.message(f"resuming from {path}: epoch {self.epoch + 1}, step "
+                            f"{self.step_in_epoch} of {self.steps_per_epoch}")  # fmt: skip
+        self.logger.write("event", self.global_step, event="resume", checkpoint=str(path))
+
+    def train_epoch(self, stop: StopSignal) -> bool:
+        """Run the rest of the current epoch; False if a stop signal ended it early."""
+        cfg, env, epoch = self.cfg, self.env, self.epoch
+        total = self.steps_per_epoch
+        set_train_mode(self.model, cfg.mode)
+        loader = make_loader(self.data.train, batch_size=self.batch_per_rank, train=True,  # type: ignore[arg-type]
+                             seed=cfg.run.seed, epoch=epoch, workers=cfg.data.workers,
+                             rank=env.rank, world_size=env.world_size,
+                             skip_batches=self.step_in_epoch)  # fmt: skip
+        fmt = torch.channels_last_3d if cfg.optim.channels_last else torch.contiguous_format
+        sums = torch.zeros(4, dtype=torch.float64)  # loss, correct, clips, steps
+        self.logger.start_epoch(epoch, cfg.schedule.epochs, total, self.step_in_epoch)
+        for batch in loader:
+            i = self.step_in_epoch
+            if cfg.schedule.kind != "plateau":
+                for g in self.optimizer.param_groups:
+                    g["lr"] = g["base_lr"] * lr_factor(cfg, epoch + i / total)
+            lr = self.optimizer.param_groups[0]["lr"]
+            torch.manual_seed(seed_for(cfg.run.seed, epoch, i, env.rank, 2))  # dropout
+            batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()
+                     if isinstance(v, torch.Tensor)}  # fmt: skip
+            result, correct = finetune_step(self.wrapped, self.optimizer, batch,
+                                            amp_dtype=self.amp_dtype, scaler=self.scaler,
+                                            clip_norm=cfg.optim.clip_norm, memory_format=fmt)  # fmt: skip
+            self.step_in_epoch += 1
+            self.global_step += 1
+            self._account(result, sums, correct, batch["video"].shape[0], lr)
+            if stop.should_stop(env.device) and self.step_in_epoch < total:
+                return False
+        self._end_epoch(sums)
+        return True
+
+    def _account(self, result: StepResult, sums: torch.Tensor, correct: float, clips: int,
+                 lr: float) -> None:  # fmt: skip
+        loss = result.terms["loss"]
+        self.bad_steps = self.bad_steps + 1 if result.skipped else 0
+        if result.skipped:
+            self.logger.write("event", self.global_step, event="skipped_step", loss=loss)
+        else:
+            sums += torch.tensor([loss, correct, clips, 1.0], dtype=torch.float64)
+        rate = self.logger.step(clips * self.env.world_size, loss, lr)
+        if self.bad_steps >= self.cfg.run.max_bad_steps:
+            raise TrainingDiverged(
+                f"{self.bad_steps} non-finite steps in a row (run.max_bad_steps) at epoch "
+                f"{self.epoch + 1}, step {self.step_in_epoch}; lower optim.lr or check the "
+                f"data; the last good checkpoint is in {self.run_dir}"
+            )
+        if self.global_step % self.cfg.run.log_every == 0:
+            mean_loss = float(dist.all_reduce_mean(torch.tensor([loss], dtype=torch.float64)))
+            self.logger.write("step", self.global_step, epoch=self.epoch,
+                              step=self.step_in_epoch - 1, lr=lr, loss=mean_loss,
+                              grad_norm=result.grad_norm, skipped=result.skipped,
+                              clips_per_s=rate)  # fmt: skip
+
+    def _end_epoch(self, sums: torch.Tensor) -> None:
+        seconds = self.logger.end_epoch()
+        if self.env.world_size > 1:
+            for buffer in self.model.buffers():  # one model on every rank (see pretrain)
+                torch.distributed.broadcast(buffer, 0)
+            torch.distributed.all_reduce(sums)
+        steps = max(float(sums[3]), 1.0)
+        self.last_epoch = {"epoch": self.epoch + 1, "loss": float(sums[0]) / steps,
+                           "clip_top1": float(sums[1]) / max(float(sums[2]), 1.0),
+                           "lr": self.optimizer.param_groups[0]["lr"],
+                           "seconds": round(seconds, 3)}  # fmt: skip
+        self.logger.write("epoch", self.global_step, **self.last_epoch)
+        self.epoch += 1
+        self.step_in_epoch = 0
+
+    def validate(self) -> None:
+        """Centre-clip accuracy; steps the plateau schedule on its top-1."""
+        cfg, epoch = self.cfg, self.epoch
+        if self.data.val is None or cfg.run.val_every <= 0:
+            return
+        if epoch % cfg.run.val_every and epoch != cfg.schedule.epochs:
+            return
+        metrics = evaluate_clips(self.model, self.data.val, self.env,
+                                 batch_size=self.batch_per_rank, workers=cfg.data.workers,
+                                 amp_dtype=self.amp_dtype)  # fmt: skip
+        if self.scheduler is not None:
+            self.scheduler.step(metrics["top1"])
+        self.last_val = metrics
+        self.logger.write("val", self.global_step, epoch=epoch, **metrics,
+                          lr=self.optimizer.param_groups[0]["lr"])  # fmt: skip
+        self.logger.message(f"epoch {epoch}: val clip top-1 {100 * metrics['top1']:.2f}%, "
+                            f"top-5 {100 * metrics['top5']:.2f}%, train loss "
+                            f"{self.last_epoch.get('loss', math.nan):.4f}")  # fmt: skip
+
+
+# --- entry point --------------------------------------------------------------------------
+
+
+def check_batch(cfg: FinetuneConfig, env: Env, num_train: int) -> int:
+    """The per-process batch; rejects sizes that cannot work."""
+    if cfg.optim.batch_size % env.world_size:
+        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} (the total) is not "
+                          f"divisible by the world size {env.world_size}")  # fmt: skip
+    per_rank = cfg.optim.batch_size // env.world_size
+    if per_rank < 2 and cfg.mode == "finetune" and not cfg.optim.sync_bn:
+        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} gives one clip per process: "
+                          "BatchNorm cannot train on one sample")  # fmt: skip
+    if num_train < cfg.optim.batch_size:
+        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} exceeds the {num_train} "
+                          "training videos")  # fmt: skip
+    return per_rank
+
+
+def build(cfg: FinetuneConfig, env: Env, run_dir: Path, logger: RunLogger) -> Trainer:
+    """Data, classifier, optimizer, schedule and scaler for ``cfg`` on this process."""
+    data = build_data(cfg, progress=cfg.run.progress and env.main)
+    per_rank = check_batch(cfg, env, len(data.train))
+    torch.manual_seed(cfg.run.seed)  # identical new classifier (and random init) on every rank
+    model = build_classifier(cfg, data.num_classes)
+    if cfg.mode == "linear":
+        freeze_encoder(model)
+    sync_bn = cfg.optim.sync_bn
+    if sync_bn is None:
+        sync_bn = env.world_size > 1 and env.device.type == "cuda" and cfg.mode == "finetune"
+    if sync_bn and env.world_size > 1:
+        if env.device.type != "cuda":
+            raise ConfigError("optim.sync_bn: SyncBatchNorm needs CUDA (gloo/CPU has none)")
+        config = model.config
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[assignment]
+        model.config = config
+    model.to(env.device)
+    if cfg.optim.channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    set_train_mode(model, cfg.mode)
+    wrapped: nn.Module = model
+    if env.world_size > 1:
+        ids = [env.device.index] if env.device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = None
+    if cfg.schedule.kind == "plateau":
+        s = cfg.schedule
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=s.factor, patience=s.patience, min_lr=s.min_lr)  # fmt: skip
+    amp_dtype = resolve_amp(cfg.optim.amp, env.device)
+    scaler = None
+    if amp_dtype == torch.float16 and env.device.type == "cuda":
+        scaler = torch.amp.GradScaler("cuda")
+    return Trainer(cfg, env, run_dir, data, model, wrapped, optimizer, scheduler, scaler,
+                   amp_dtype, logger, per_rank)  # fmt: skip
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Run (or resume) finetuning / a linear probe as configured; returns the results.
+
+    Raises:
+        TrainingInterrupted: SIGTERM/SIGINT; a checkpoint of the exact step was written.
+        TrainingDiverged: ``run.max_bad_steps`` non-finite steps in a row.
+        ConfigError / DataError / CheckpointError: bad settings, data or checkpoints.
+    """
+    env = init_env(cfg.run.device)
+    run_dir = Path(cfg.run.out)
+    logger = None
+    try:
+        if cfg.run.threads > 0:
+            torch.set_num_threads(cfg.run.threads)
+        if env.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        if env.world_size > 1:
+            torch.distributed.barrier()
+        resume = find_resume(cfg, run_dir) if cfg.mode != "linear_features" else None  # type: ignore[arg-type]
+        info = write_run_files(cfg, run_dir, env) if env.main else {}  # type: ignore[arg-type]
+        logger = RunLogger(run_dir, enabled=env.main, progress=cfg.run.progress,
+                           tensorboard=cfg.run.tensorboard)  # fmt: skip
+        if cfg.mode == "linear_features":
+            from cpd.train.probe import linear_probe
+
+            return linear_probe(cfg, env, run_dir, logger, info)
+        trainer = build(cfg, env, run_dir, logger)
+        if resume is not None:
+            trainer.load(*resume)
+        with StopSignal() as stop:
+            while trainer.epoch < cfg.schedule.epochs:
+                if not trainer.train_epoch(stop):
+                    trainer.save(periodic=False)
+                    raise _interrupted(stop, trainer, run_dir)
+                trainer.validate()  # before saving: the plateau state is part of the epoch
+                trainer.save(periodic=True)
+                if stop.received is not None:
+                    raise _interrupted(stop, trainer, run_dir)
+        return _finish(trainer, info)
+    finally:
+        if logger is not None:
+            logger.close()
+        if env.owns_group:
+            with contextlib.suppress(Exception):
+                torch.distributed.destroy_process_group()
+
+
+def _interrupted(stop: StopSignal, trainer: Trainer, run_dir: Path) -> TrainingInterrupted:
+    return TrainingInterrupted(
+        f"stopped by {stop.name} at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}; "
+        f"checkpoint {run_dir / 'last.pt'}. Resume with: cpd finetune --config "
+        f"{run_dir / 'config.yaml'}",
+        stop.name,
+    )
+
+
+def report(cfg: FinetuneConfig, env: Env, run_dir: Path, logger: RunLogger, model: ResNet3d,
+           info: dict[str, Any], test: dict[str, Any] | None,
+           extra: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """results.json, export/ and the printed table (rank 0); returns the results."""
+    from cpd.eval.common import write_results
+
+    t = cfg.test
+    results = {
+        "command": "finetune", "mode": cfg.mode, "init": cfg.model.init,
+        "dataset": cfg.data.dataset, "split": cfg.data.split, "seed": cfg.run.seed,
+        "protocol": {"num_clips": t.num_clips, "num_crops": t.num_crops,
+                     "num_frames": cfg.data.num_frames, "stride": cfg.data.stride,
+                     "crop_size": t.crop_size or cfg.data.crop_size, "scores": t.scores,
+                     "video_score": "mean over views", "accuracy_over": "videos that decoded"},
+        "test": test, **extra, **info, "config": to_dict(cfg),
+    }  # fmt: skip
+    if env.main:
+        save_model(model, run_dir / "export")
+        write_results(run_dir, results)
+        shown: dict[str, Any] = {k: v for k, v in extra.get("final", {}).items()
+                                 if isinstance(v, (int, float))}  # fmt: skip
+        if test is not None:
+            shown.update({f"test_{k}": test[k] for k in ("top1", "top5", "mean_class_accuracy")})
+            shown.update(test_videos=test["num_videos"], test_failed=test["num_failed"])
+        logger.message(format_table(shown, title=f"{cfg.mode} ({cfg.model.init})"))
+        logger.message(f"weights exported to {run_dir / 'export'} (cpd test / cpd.load_model)")
+    return results
+
+
+def _finish(trainer: Trainer, info: dict[str, Any]) -> dict[str, Any]:
+    from cpd.eval.multiview import classifier_scores
+
+    cfg, model = trainer.cfg, trainer.model
+    test = None
+    if cfg.test.enabled:
+        model.eval()
+        with torch.inference_mode():
+            outputs = multiview_test(cfg, trainer.data, trainer.env,
+                                     classifier_scores(model, cfg.test.scores),
+                                     trainer.data.num_classes)  # fmt: skip
+        test = test_metrics(outputs.values, outputs, trainer.data)
+        trainer.logger.write("test", trainer.global_step,
+                             **{k: test[k] for k in ("top1", "top5", "mean_class_accuracy")})  # fmt: skip
+    final = {**{f"train_{k}": v for k, v in trainer.last_epoch.items()},
+             **{f"val_clip_{k}": v for k, v in trainer.last_val.items()}}  # fmt: skip
+    extra = {"final": final, "epochs": trainer.epoch, "global_step": trainer.global_step}
+    return report(cfg, trainer.env, trainer.run_dir, trainer.logger, model, info, test, extra)
