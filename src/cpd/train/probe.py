@@ -53,7 +53,7 @@ __all__ = ["extract_clip_features", "fit_linear", "linear_probe", "score_views"]
 FEATURES = "features.pt"
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the features feed an autograd fit
 def extract_clip_features(
     encoder: Any, dataset: Any, env: Env, *, clips_per_video: int, batch_size: int,
     workers: int = 0, amp_dtype: torch.dtype | None = None,
@@ -177,7 +177,7 @@ def _features(cfg: FinetuneConfig, data: FinetuneData, env: Env, model: Any,
             f = model.forward_features(v).float()
         return f.mean(0) if mean_views else f.flatten()
 
-    with torch.inference_mode():
+    with torch.no_grad():
         outputs = multiview_test(cfg, data, env, fn, d if mean_views else views * d)
     saved = {"key": key, "train_x": train_x, "train_y": train_y,
              "test_values": outputs.values.float(), "test_failed": outputs.failed}  # fmt: skip
