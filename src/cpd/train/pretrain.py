@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import subprocess
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +28,24 @@ from torch import nn
 
 import cpd
 from cpd import dist
-from cpd.config import ConfigError, from_dict, save_config, to_dict
-from cpd.errors import CheckpointError, CPDError
+from cpd.config import ConfigError, from_dict, to_dict
+from cpd.errors import CheckpointError
 from cpd.losses import InfoNCELoss, MemoryBankNCELoss, negative_generator, temporal_negatives
 from cpd.losses.memory_bank import seed_for
 from cpd.models import CPDModel, build_model, save_model
-from cpd.train.benchmark import default_amp_dtype
-from cpd.train.checkpoint import load_latest, read_checkpoint, save_training_checkpoint
+from cpd.train.checkpoint import save_training_checkpoint
 from cpd.train.config import PretrainConfig
 from cpd.train.loader import PretrainData, build_data, make_loader
 from cpd.train.log import RunLogger, format_table
+from cpd.train.run import (
+    Env,
+    TrainingDiverged,
+    TrainingInterrupted,
+    find_resume,
+    init_env,
+    resolve_amp,
+    write_run_files,
+)
 from cpd.train.schedule import cosine_lr, step_lr, text_encoder_trainable
 from cpd.train.state import StopSignal, capture_rng_state, restore_rng_state
 from cpd.train.step import TextFeatureCache, autocast_context, pretrain_step
@@ -47,99 +53,6 @@ from cpd.train.step import TextFeatureCache, autocast_context, pretrain_step
 __all__ = ["TrainingInterrupted", "TrainingDiverged", "evaluate_retrieval", "pretrain"]
 
 log = logging.getLogger(__name__)
-
-
-class TrainingInterrupted(CPDError):
-    """The run stopped on SIGTERM/SIGINT after writing a checkpoint; ``signal`` names it."""
-
-    def __init__(self, message: str, signal_name: str) -> None:
-        super().__init__(message)
-        self.signal_name = signal_name
-
-
-class TrainingDiverged(CPDError):
-    """Too many non-finite steps in a row (``run.max_bad_steps``)."""
-
-
-# --- process and run directory ------------------------------------------------------------
-
-
-@dataclass
-class Env:
-    """This process's place in the job."""
-
-    device: torch.device
-    rank: int
-    world_size: int
-    owns_group: bool  # we initialised the process group and must destroy it
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_env(device: str) -> Env:
-    """Join torchrun's process group (env:// variables) if there is one; pick the device."""
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run.device: 'cuda' requested but no CUDA device is available")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    owns = False
-    if world > 1 and not dist.is_initialized():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if cuda:
-            torch.cuda.set_device(local_rank)
-        torch.distributed.init_process_group("nccl" if cuda else "gloo", init_method="env://")
-        owns = True
-    dev = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
-    return Env(dev, dist.get_rank(), dist.get_world_size(), owns)
-
-
-def git_revision() -> str | None:
-    """The source checkout's git commit, or None (installed package, no git)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def write_run_files(cfg: PretrainConfig, run_dir: Path, env: Env) -> dict[str, Any]:
-    """Resolved ``config.yaml`` and ``run_info.json`` (version, git revision, world size)."""
-    info = {
-        "version": cpd.__version__,
-        "git_revision": git_revision(),
-        "world_size": env.world_size,
-        "device": str(env.device),
-        "torch": torch.__version__,
-    }
-    save_config(cfg, run_dir / "config.yaml")
-    text = (run_dir / "config.yaml").read_text(encoding="utf-8")
-    header = f"# cpd {info['version']}, git {info['git_revision'] or 'unknown'}\n"
-    (run_dir / "config.yaml").write_text(header + text, encoding="utf-8")
-    (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return info
-
-
-def find_resume(cfg: PretrainConfig, run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The checkpoint to continue from, according to ``run.resume``."""
-    if cfg.run.resume == "auto":
-        return load_latest(run_dir)
-    if cfg.run.resume == "never":
-        if any(run_dir.glob("*.pt")):
-            raise ConfigError(
-                f"run.resume=never but {run_dir} already holds checkpoints; choose another run.out"
-            )
-        return None
-    path = Path(cfg.run.resume)
-    return path, read_checkpoint(path)
 
 
 # --- model, loss, optimizer ---------------------------------------------------------------
@@ -217,13 +130,6 @@ def set_lr(optimizer: torch.optim.Optimizer, factor: float, text_trainable: bool
         on = text_trainable or not group["name"].startswith("text")
         group["lr"] = group["base_lr"] * factor if on else 0.0
     return optimizer.param_groups[0]["lr"]
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """``optim.amp`` as an autocast dtype (None = fp32)."""
-    if amp == "auto":
-        return default_amp_dtype(device)
-    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 # --- validation ---------------------------------------------------------------------------
