@@ -183,3 +183,39 @@ def test_linear_mode_leaves_the_encoder_bit_identical(tiny_synthetic, tmp_path):
     assert after["fc.weight"].shape == (8, start.num_features)
     ckpt = read_checkpoint(run_dir / "last.pt")
     assert ckpt["global_step"] == 6
+
+
+def _dist_worker(rank: int, port: int, overrides: list[str]) -> None:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE="2")  # fmt: skip
+    finetune(load_finetune_config("finetune_synthetic_cpu", overrides))
+
+
+@pytest.mark.dist
+def test_two_processes_then_test_equals_one_process_cpd_test(tiny_synthetic, tmp_path):
+    import argparse
+
+    import torch.multiprocessing as mp
+
+    from cpd import dist
+    from cpd.commands.test import add_arguments, run
+
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(tiny_synthetic, run_dir, "schedule.epochs=1",
+                               "data.cache_frames=false", "run.threads=1")  # fmt: skip
+    mp.spawn(_dist_worker, args=(dist.find_free_port(), overrides), nprocs=2)
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["world_size"] == 2 and saved["test"]["num_videos"] == 4
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args([str(run_dir / "export"), "--dataset", "ucf-layout",
+                              "--split-dir", str(tiny_synthetic / "ucfTrainTestlist"),
+                              "--num-clips", "2", "--num-crops", "1", "--num-frames", "4",
+                              "--stride", "2", "--crop-size", "32", "--workers", "0",
+                              "--quiet", "--out", str(tmp_path / "test")])  # fmt: skip
+    assert run(args) == 0
+    tested = json.loads((tmp_path / "test" / "results.json").read_text())["splits"]["1"]
+    assert tested["top1"] == pytest.approx(saved["test"]["top1"])
+    assert tested["top5"] == pytest.approx(saved["test"]["top5"])
