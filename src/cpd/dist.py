@@ -138,3 +138,27 @@ def find_free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def init_from_env(device: str) -> tuple[torch.device, bool]:
+    """Join torchrun's process group (env:// variables) when ``WORLD_SIZE > 1``; pick the device.
+
+    ``device`` is "cpu", "cuda" or "auto". NCCL with one GPU per process (``LOCAL_RANK``) on
+    CUDA, gloo on CPUs. Returns the device and whether this call created the process group
+    (the caller then destroys it at the end).
+    """
+    import os
+
+    from cpd.errors import CPDError
+
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CPDError("device 'cuda' requested but no CUDA device is available")
+    owns = False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_initialized():
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+        owns = True
+    dev = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    return dev, owns

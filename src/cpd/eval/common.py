@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -158,20 +156,9 @@ def init_distributed(device: str, quiet: bool = False) -> EvalEnv:
 
     NCCL with one GPU per process (``LOCAL_RANK``) for ``cuda``, gloo on CPUs.
     """
-    import torch.distributed as tdist
-
     from cpd import dist
 
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CPDError("--device cuda: no CUDA device is available")
-    owns = False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        tdist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
-        owns = True
-    dev = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    dev, owns = dist.init_from_env(device)
     rank = dist.get_rank()
     return EvalEnv(dev, rank, dist.get_world_size(), owns, show_progress=not quiet and rank == 0)
 
@@ -213,24 +200,16 @@ def progress(items: Iterable[T], *, total: int | None, desc: str, enabled: bool)
 # --- results ------------------------------------------------------------------------------
 
 
-def _git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5, check=True)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def results_header(command: str, checkpoint: str | None, env: EvalEnv | None) -> dict[str, Any]:
     """The provenance every results.json starts with."""
     import cpd
+    from cpd.train.run import git_revision
 
     return {
         "command": command,
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
         "version": cpd.__version__,
-        "git_revision": _git_revision(),
+        "git_revision": git_revision(),
         "torch": torch.__version__,
         "world_size": env.world_size if env else 1,
         "device": str(env.device) if env else "cpu",

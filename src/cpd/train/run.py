@@ -8,7 +8,6 @@ autocast dtype, and the two ways a run ends early.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,19 +61,11 @@ class Env:
 
 
 def init_env(device: str) -> Env:
-    """Join torchrun's process group (env:// variables) if there is one; pick the device."""
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("run.device: 'cuda' requested but no CUDA device is available")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    owns = False
-    if world > 1 and not dist.is_initialized():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if cuda:
-            torch.cuda.set_device(local_rank)
-        torch.distributed.init_process_group("nccl" if cuda else "gloo", init_method="env://")
-        owns = True
-    dev = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    """Join torchrun's process group if there is one and pick the device (``run.device``)."""
+    try:
+        dev, owns = dist.init_from_env(device)
+    except CPDError as exc:
+        raise ConfigError(f"run.device: {exc}") from exc
     return Env(dev, dist.get_rank(), dist.get_world_size(), owns)
 
 
