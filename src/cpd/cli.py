@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cpd.commands.pretrain",
         "pretrain the video encoder on video-caption pairs (CPD)",
     ),
+    "finetune": (
+        "cpd.commands.finetune",
+        "finetune a pretrained video encoder on labelled actions, or train a linear probe",
+    ),
     "test": (
         "cpd.commands.test",
         "multi-view (10x3) action recognition test of a finetuned classifier",
