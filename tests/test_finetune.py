@@ -12,7 +12,7 @@ from cpd.models import ModelConfig, ResNet3d, build_model, build_video_model, lo
 from cpd.train.checkpoint import read_checkpoint
 from cpd.train.finetune import build_classifier, finetune
 from cpd.train.finetune_config import load_finetune_config
-from cpd.train.pretrain import TrainingInterrupted
+from cpd.train.run import TrainingInterrupted
 from cpd.train.state import StopSignal
 
 

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from cpd.config import ConfigError
     from cpd.train.finetune import finetune
-    from cpd.train.pretrain import TrainingInterrupted
+    from cpd.train.run import TrainingInterrupted
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING,

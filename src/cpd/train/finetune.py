@@ -1,8 +1,8 @@
 """Finetuning and linear probes of the video encoder on labelled actions (``cpd finetune``).
 
 Read top to bottom: :func:`finetune` sets up the process (group) and run directory exactly as
-pretraining does (:mod:`cpd.train.pretrain`'s ``init_env``, ``write_run_files``,
-``find_resume``), then builds the data (:func:`build_data`) and the classifier
+pretraining does (:mod:`cpd.train.run`'s ``init_env``, ``write_run_files``,
+``find_resume``, now in :mod:`cpd.train.run`), then builds the data (:func:`build_data`) and the classifier
 (:func:`build_classifier`: the encoder of ``model.init`` with a new ``fc``), runs the epochs
 (:meth:`Trainer.train_epoch`, one :func:`finetune_step` per batch), validates (centre-clip
 accuracy, :func:`evaluate_clips`) and steps ReduceLROnPlateau on it, checkpoints every epoch,
@@ -47,7 +47,7 @@ from cpd.train.checkpoint import save_training_checkpoint
 from cpd.train.finetune_config import FinetuneConfig, FinetuneDataConfig
 from cpd.train.loader import make_loader
 from cpd.train.log import RunLogger, format_table
-from cpd.train.pretrain import (
+from cpd.train.run import (
     Env,
     TrainingDiverged,
     TrainingInterrupted,

@@ -45,7 +45,7 @@ from cpd.train.finetune import (
 from cpd.train.finetune_config import FinetuneConfig
 from cpd.train.loader import make_loader
 from cpd.train.log import RunLogger
-from cpd.train.pretrain import Env, resolve_amp
+from cpd.train.run import Env, resolve_amp
 from cpd.train.step import autocast_context
 
 __all__ = ["extract_clip_features", "fit_linear", "linear_probe", "score_views"]
