@@ -2,7 +2,7 @@
 
 Read top to bottom: :func:`finetune` sets up the process (group) and run directory exactly as
 pretraining does (:mod:`cpd.train.run`'s ``init_env``, ``write_run_files``,
-``find_resume``, now in :mod:`cpd.train.run`), then builds the data (:func:`build_data`) and the classifier
+``find_resume``), then builds the data (:func:`build_data`) and the classifier
 (:func:`build_classifier`: the encoder of ``model.init`` with a new ``fc``), runs the epochs
 (:meth:`Trainer.train_epoch`, one :func:`finetune_step` per batch), validates (centre-clip
 accuracy, :func:`evaluate_clips`) and steps ReduceLROnPlateau on it, checkpoints every epoch,
