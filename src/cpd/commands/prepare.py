@@ -3,7 +3,8 @@
 Inputs: a caption manifest (--manifest: the Instagram-300k JSON with --video-dir holding the
 source files {id}.*, or a JSONL/CSV manifest whose `video` paths are relative to --video-dir,
 default its folder), or video files / directories / glob patterns (ids = file stems) with an
-optional --captions file (Instagram JSON, or JSONL/CSV with `id` or `video`).
+optional --captions file (the Instagram JSON, or a JSONL/CSV caption manifest whose `id`, else
+the stem of its `video`, names the input's file stem).
 
 Writes OUT/videos/trimmed_resize_{id}.mp4, OUT/captions.jsonl (for
 `cpd pretrain data.manifest=OUT/captions.jsonl`), OUT/failures.jsonl (each failed input with

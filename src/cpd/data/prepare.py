@@ -201,7 +201,7 @@ def _expand(inputs: Sequence[str | Path]) -> list[str]:
 
 
 def _read_captions(path: Path) -> dict[str, list[tuple[str, str, str | None]]]:
-    """Captions keyed by video id (file stem): Instagram JSON, or JSONL/CSV with id or video."""
+    """Captions keyed by file stem: Instagram JSON ids, or a JSONL/CSV manifest's id / video."""
     records = read_caption_manifest(path, path.parent)
     out: dict[str, list[tuple[str, str, str | None]]] = {}
     for r in records:
@@ -216,8 +216,9 @@ def jobs_from_paths(
 ) -> list[PrepareJob]:
     """Jobs from video files, directories or glob patterns; ids are file stems.
 
-    ``captions`` (optional) pairs ids with captions: the Instagram JSON, or a JSONL/CSV manifest
-    whose ``id`` (or the stem of its ``video``) names the file stem. Videos without a caption
+    ``captions`` (optional) pairs ids with captions: the Instagram JSON, or a JSONL/CSV caption
+    manifest (``video``, ``caption`` [, ``split``, ``id``]) whose ``id``, else the stem of its
+    ``video``, names the file stem. Videos without a caption
     are still prepared but left out of ``captions.jsonl``.
     """
     table = _read_captions(Path(captions)) if captions is not None else {}
