@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from cpd.commands import prepare as command
 from cpd.data import read_caption_manifest, read_instagram_json
-from cpd.data.prepare import middle_window, output_size
+from cpd.data.prepare import PrepareJob, _in_pool, middle_window, output_size
 from tests.videos import read_index, write_video
 
 FAST = ["--seconds", "6", "--short-side", "48", "--preset", "ultrafast", "--quiet"]
@@ -199,3 +200,18 @@ def test_bad_arguments_exit_2(sources: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"video": "a.mp4"}\n')
     assert cli("--manifest", str(broken), "-o", out) == 2
+
+
+def _crash_on_two(task: tuple) -> dict:
+    """Stands in for a worker that FFmpeg kills (runs in a spawned process)."""
+    if task[0] == 2:
+        os._exit(139)
+    return {"number": task[0], "status": "done"}
+
+
+def test_a_crashing_worker_fails_only_its_input() -> None:
+    tasks = [(n, PrepareJob(f"v{n}", f"v{n}.mp4")) for n in range(6)]
+    outcomes = sorted(_in_pool(tasks, 2, _crash_on_two), key=lambda r: r["number"])
+    assert [r["number"] for r in outcomes] == list(range(6))
+    assert [r["status"] for r in outcomes] == ["done"] * 2 + ["failed"] + ["done"] * 3
+    assert outcomes[2]["reason"] == "worker process crashed" and outcomes[2]["path"] == "v2.mp4"

@@ -37,7 +37,9 @@ import posixpath
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from glob import glob, has_magic
@@ -523,12 +525,56 @@ def _outcomes(tasks: list, workers: int, progress: bool) -> list[dict[str, Any]]
         if workers <= 1 or len(tasks) <= 1:
             collect(map(_run_job, tasks))
         else:
-            # spawn, not fork: the caller may hold threads (torch, tqdm) that fork would copy
-            with multiprocessing.get_context("spawn").Pool(min(workers, len(tasks))) as pool:
-                collect(pool.imap_unordered(_run_job, tasks))
+            collect(_in_pool(tasks, workers))
     finally:
         bar.close()
     return sorted(results, key=lambda r: r["number"])
+
+
+def _in_pool(
+    tasks: list, workers: int, run: Callable[[tuple], dict[str, Any]] = _run_job
+) -> Iterator[dict[str, Any]]:
+    """Outcomes of ``tasks`` from worker processes, surviving workers that die.
+
+    FFmpeg may crash (a segfault) on a malformed web video, which kills its worker and breaks
+    the pool. At most ``workers`` tasks are in flight, so when that happens the suspects are
+    few: each is rerun alone in a fresh process, the one that dies again is reported failed
+    (``worker process crashed``), and a new pool takes the rest.
+    """
+    # spawn, not fork: the caller may hold threads (torch, tqdm) that fork would copy
+    context = multiprocessing.get_context("spawn")
+    queue = list(reversed(tasks))
+    while queue:
+        suspects: list[tuple] = []
+        with ProcessPoolExecutor(min(workers, len(queue)), mp_context=context) as pool:
+            running: dict[Future, tuple] = {}
+            while queue or running:
+                while queue and len(running) < workers:
+                    task = queue.pop()
+                    running[pool.submit(run, task)] = task
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    task = running.pop(future)
+                    try:
+                        yield future.result()
+                    except BrokenProcessPool:
+                        suspects.append(task)
+                if suspects:
+                    suspects += running.values()
+                    break
+        for task in sorted(suspects, key=lambda t: t[0]):
+            yield _alone(task, context, run)
+
+
+def _alone(task: tuple, context: Any, run: Callable[[tuple], dict[str, Any]]) -> dict[str, Any]:
+    """Run one task in a process of its own; a crash is that input's failure."""
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        try:
+            return pool.submit(run, task).result()
+        except BrokenProcessPool:
+            number, job = task[0], task[1]
+            return {"number": number, "id": job.video_id, "path": job.source,
+                    "status": "failed", "kind": "input", "reason": "worker process crashed"}  # fmt: skip
 
 
 def prepare_videos(
