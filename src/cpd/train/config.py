@@ -55,6 +55,8 @@ class DataConfig:
         workers: DataLoader worker processes per training process (0 = in the main process).
         max_tokens: caption tokens ([CLS]/[SEP] included).
         max_failure_ratio: stop when more than this fraction of videos fail to decode.
+        group_by: a manifest column whose equal values go into the same batch (whole groups;
+            the synthetic set's "group": one appearance with several motions).
     """
 
     manifest: str = ""
@@ -73,6 +75,7 @@ class DataConfig:
     workers: int = 4
     max_tokens: int = 64
     max_failure_ratio: float = 0.05
+    group_by: str | None = None
 
 
 @dataclass

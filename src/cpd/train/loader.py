@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,14 @@ from cpd.data import VideoCaptionDataset, collate, read_caption_manifest
 from cpd.data.datasets import derive_seed
 from cpd.train.config import DataConfig
 
-__all__ = ["PretrainData", "SkipSampler", "build_data", "make_loader", "resolve_hflip"]
+__all__ = [
+    "GroupedSampler",
+    "PretrainData",
+    "SkipSampler",
+    "build_data",
+    "make_loader",
+    "resolve_hflip",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,51 @@ class SkipSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(len(self.base) - self.skip, 0)  # type: ignore[arg-type]
+
+
+class GroupedSampler(Sampler[int]):
+    """Shuffled whole groups, so that the pairs of a group land in the same batch.
+
+    With ``data.group_by`` naming a manifest column (the synthetic set's ``group``: one
+    appearance rendered with several motions), a batch holds whole groups, and telling its
+    pairs apart needs what differs inside a group (the motion) rather than what differs between
+    groups (the appearance). Group order and the order inside each group come from
+    (seed, epoch). Like :class:`DistributedSampler`, each rank gets ``ceil(N / world)`` indices
+    (the list wraps around to pad); rank r takes the r-th slice of every global batch of
+    ``batch_size x world_size`` pairs, so the in-batch loss, which gathers all ranks, sees
+    whole groups.
+    """
+
+    def __init__(self, groups: Sequence[Hashable], *, batch_size: int, rank: int,
+                 world_size: int, seed: int) -> None:  # fmt: skip
+        self.members: dict[Hashable, list[int]] = {}
+        for index, group in enumerate(groups):
+            self.members.setdefault(group, []).append(index)
+        self.num = len(groups)
+        self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order :meth:`__iter__` gives."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.num // self.world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 0, stream=11))
+        keys = list(self.members)
+        flat: list[int] = []
+        for k in torch.randperm(len(keys), generator=g).tolist():
+            members = self.members[keys[k]]
+            flat.extend(members[i] for i in torch.randperm(len(members), generator=g).tolist())
+        total = len(self) * self.world_size
+        flat = (flat * (total // max(len(flat), 1) + 1))[:total]
+        span = self.batch_size * self.world_size
+        for start in range(0, total, span):
+            chunk = flat[start : start + span]
+            share = len(chunk) // self.world_size
+            yield from chunk[self.rank * share : (self.rank + 1) * share]
 
 
 def resolve_hflip(cfg: DataConfig) -> float:
@@ -68,6 +120,7 @@ class PretrainData:
     train: VideoCaptionDataset
     val: VideoCaptionDataset | None
     hflip: float
+    train_groups: list[Hashable] | None = None  # from data.group_by, one per training pair
 
 
 def _clip_loader(cfg: DataConfig, scale_range: tuple[int, int] | None) -> Any:
@@ -106,6 +159,15 @@ def build_data(
     train = VideoCaptionDataset(
         records, tokenizer, train=True, hflip=hflip, scale_range=scale, **common
     )
+    groups = None
+    if cfg.group_by:
+        missing = [r.video_id for r in records if cfg.group_by not in r.meta]
+        if missing:
+            raise ConfigError(
+                f"data.group_by={cfg.group_by!r}: {cfg.manifest} has no such column for "
+                f"{len(missing)} pair(s), e.g. {missing[0]!r}"
+            )
+        groups = [r.meta[cfg.group_by] for r in records]
     val_set = None
     if val and cfg.val_split:
         val_records = read_caption_manifest(cfg.manifest, root, cfg.val_split, cfg.format)
@@ -117,7 +179,7 @@ def build_data(
         # Fill before DataLoader workers fork, so that they share the decoded frames.
         paths = train.paths + (val_set.paths if val_set is not None else [])
         loader.fill(paths, workers=max(cfg.workers, 1), progress=progress)
-    return PretrainData(train, val_set, hflip)
+    return PretrainData(train, val_set, hflip, groups)
 
 
 def make_loader(
@@ -131,18 +193,26 @@ def make_loader(
     rank: int,
     world_size: int,
     skip_batches: int = 0,
+    groups: Sequence[Hashable] | None = None,
 ) -> DataLoader:
     """The loader of one epoch for this rank.
 
     Training: shuffled by (seed, epoch), full batches only (the same number of steps on every
     rank, and no batch of one for BatchNorm), the first ``skip_batches`` left out. Validation:
     in order, every sample once per rank list (the sampler pads with repeats to equal lengths;
-    the evaluation drops them by index).
+    the evaluation drops them by index). ``groups`` (training only): batches of whole groups
+    (:class:`GroupedSampler`).
     """
     dataset.set_epoch(epoch)
-    sampler = DistributedSampler(
-        dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=False
-    )
+    sampler: GroupedSampler | DistributedSampler
+    if train and groups is not None:
+        sampler = GroupedSampler(
+            groups, batch_size=batch_size, rank=rank, world_size=world_size, seed=seed
+        )
+    else:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=False
+        )
     sampler.set_epoch(epoch)
     skipping = SkipSampler(sampler)
     skipping.skip = skip_batches * batch_size

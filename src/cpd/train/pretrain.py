@@ -313,7 +313,7 @@ class Trainer:
         loader = make_loader(
             self.data.train, batch_size=self.batch_per_rank, train=True, seed=cfg.run.seed,
             epoch=epoch, workers=cfg.data.workers, rank=env.rank, world_size=env.world_size,
-            skip_batches=self.step_in_epoch,
+            skip_batches=self.step_in_epoch, groups=self.data.train_groups,
         )  # fmt: skip
         fmt = torch.channels_last_3d if cfg.optim.channels_last else torch.contiguous_format
         text_on = bool(self.stage)
