@@ -35,6 +35,11 @@ _EXPORTS: dict[str, str] = {
     "collate": "cpd.data",
     "FrameCache": "cpd.data",
     "write_synthetic_dataset": "cpd.data",
+    # training
+    "pretrain": "cpd.train.pretrain",
+    "load_pretrain_config": "cpd.train.config",
+    "finetune": "cpd.train.finetune",
+    "load_finetune_config": "cpd.train.finetune_config",
     # evaluation
     "retrieval_metrics": "cpd.eval",
     # models
