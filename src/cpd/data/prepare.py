@@ -220,8 +220,8 @@ def jobs_from_paths(
 
     ``captions`` (optional) pairs ids with captions: the Instagram JSON, or a JSONL/CSV caption
     manifest (``video``, ``caption`` [, ``split``, ``id``]) whose ``id``, else the stem of its
-    ``video``, names the file stem. Videos without a caption
-    are still prepared but left out of ``captions.jsonl``.
+    ``video``, names the file stem. Videos without a caption are still prepared but left out
+    of ``captions.jsonl``.
     """
     table = _read_captions(Path(captions)) if captions is not None else {}
     jobs = []
