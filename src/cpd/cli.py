@@ -16,6 +16,10 @@ from cpd import __version__
 # command name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("cpd.commands.synth", "write the embedded synthetic video-caption dataset"),
+    "prepare": (
+        "cpd.commands.prepare",
+        "trim web videos to their middle 20 s at short side 256 and write their caption list",
+    ),
     "pretrain": (
         "cpd.commands.pretrain",
         "pretrain the video encoder on video-caption pairs (CPD)",
