@@ -24,8 +24,6 @@ run resumed mid-epoch repeats the uninterrupted run's steps.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -33,18 +31,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import cpd
 from cpd import dist
 from cpd.config import ConfigError, from_dict, to_dict
-from cpd.data import ActionDataset, ActionRecord, ActionSplit
-from cpd.errors import CheckpointError, DataError
+from cpd.errors import CheckpointError
 from cpd.losses.memory_bank import seed_for
-from cpd.models import CPDModel, ModelConfig, ResNet3d, build_video_model, load_model, save_model
+from cpd.models import ResNet3d, save_model
 from cpd.train.checkpoint import save_training_checkpoint
-from cpd.train.finetune_config import FinetuneConfig, FinetuneDataConfig
+from cpd.train.finetune_build import (
+    FinetuneData,
+    build_classifier,
+    build_data,
+    build_optimizer,
+    freeze_encoder,
+    lr_factor,
+    set_train_mode,
+)
+from cpd.train.finetune_config import FinetuneConfig
+from cpd.train.finetune_eval import evaluate_clips, finetune_step, multiview_test, test_metrics
 from cpd.train.loader import make_loader
 from cpd.train.log import RunLogger, format_table
 from cpd.train.run import (
@@ -56,9 +62,8 @@ from cpd.train.run import (
     resolve_amp,
     write_run_files,
 )
-from cpd.train.schedule import cosine_lr, step_lr
 from cpd.train.state import StopSignal, capture_rng_state, restore_rng_state
-from cpd.train.step import StepResult, autocast_context
+from cpd.train.step import StepResult
 
 __all__ = [
     "FinetuneData",
@@ -73,297 +78,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-# --- data ---------------------------------------------------------------------------------
-
-
-@dataclass
-class FinetuneData:
-    """The training clips, the validation centre clips, the test records and the frame cache."""
-
-    classes: tuple[str, ...]
-    train: ActionDataset
-    val: ActionDataset | None
-    test: tuple[ActionRecord, ...]
-    hflip: float
-    cache: Any = None  # FrameCache or None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-def load_split(cfg: FinetuneDataConfig, subset: str) -> ActionSplit:
-    """The ``subset`` ("train" / "test") records of ``data.split`` (via ``cpd test``'s reader)."""
-    import argparse
-
-    from cpd.eval.common import load_action_split
-
-    args = argparse.Namespace(dataset=cfg.dataset, video_root=cfg.video_root,
-                              split_dir=cfg.split_dir, csv=cfg.csv, classes=cfg.classes,
-                              subset=subset)  # fmt: skip
-    split = load_action_split(args, cfg.split)
-    if not len(split):
-        raise DataError(f"data: no {subset} videos in split {cfg.split} of {cfg.dataset}")
-    return split
-
-
-def resolve_hflip(cfg: FinetuneDataConfig) -> float:
-    """``data.hflip``, else the ``dataset.json`` of the dataset's folder, else 0.5."""
-    if cfg.hflip is not None:
-        return cfg.hflip
-    folders = [Path(p).parent for p in (cfg.split_dir, cfg.csv) if p]
-    if cfg.video_root:
-        folders += [Path(cfg.video_root), Path(cfg.video_root).parent]
-    for folder in folders:
-        meta = folder / "dataset.json"
-        if meta.is_file():
-            try:
-                declared = json.loads(meta.read_text(encoding="utf-8")).get("hflip")
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"{meta}: cannot read dataset metadata: {exc}") from exc
-            if declared is not None:
-                # the synthetic set's classes are directions: a flip would swap labels
-                return 0.5 if declared is True else float(declared)
-    return 0.5
-
-
-def _subsample(records: tuple[ActionRecord, ...], limit: int) -> list[ActionRecord]:
-    """At most ``limit`` records, evenly spaced (0 = all), renumbered 0..n-1 for a dataset."""
-    if limit and limit < len(records):
-        picks = [records[(i * len(records)) // limit] for i in range(limit)]
-    else:
-        picks = list(records)
-    return [dataclasses.replace(r, index=i) for i, r in enumerate(picks)]
-
-
-def build_data(cfg: FinetuneConfig, *, progress: bool = False, val: bool = True) -> FinetuneData:
-    """Read the split, build the training / validation datasets, fill the frame cache."""
-    d = cfg.data
-    train_split, test_split = load_split(d, "train"), load_split(d, "test")
-    if train_split.classes != test_split.classes:
-        raise DataError("data: the train and test lists disagree on the classes")
-    hflip = resolve_hflip(d)
-    scale = tuple(d.scale_range) if d.scale_range else None
-    cache = None
-    if d.cache_frames:
-        from cpd.data import FrameCache
-        from cpd.video import default_scale_range
-
-        top = (scale or default_scale_range(d.crop_size))[1]
-        short = d.cache_short_side or max(top, cfg.test.crop_size or d.crop_size)
-        cache = FrameCache(short_side=short, max_bytes=int(d.cache_max_gb * 1e9))
-    clip = dict(num_frames=d.num_frames, stride=d.stride, crop_size=d.crop_size,
-                seed=cfg.run.seed, max_failure_ratio=d.max_failure_ratio)  # fmt: skip
-    train = ActionDataset(train_split.records, train=True, hflip=hflip, scale_range=scale,
-                          loader=cache, **clip)  # type: ignore[arg-type]  # fmt: skip
-    val_set = None
-    if val and cfg.run.val_every > 0:
-        source = test_split if cfg.val.subset == "test" else train_split
-        val_set = ActionDataset(_subsample(source.records, cfg.val.max_videos), train=False,
-                                num_clips=1, num_crops=1,
-                                multiview_loader=cache.load_clips if cache else None,
-                                **clip)  # type: ignore[arg-type]  # fmt: skip
-    if cache is not None:
-        # fill before DataLoader workers fork, so that they share the decoded frames
-        paths = train.paths + [r.path for r in test_split.records]
-        cache.fill(paths, workers=max(d.workers, 1), progress=progress)
-    return FinetuneData(train_split.classes, train, val_set, test_split.records, hflip, cache)
-
-
-# --- model --------------------------------------------------------------------------------
-
-
-def build_classifier(cfg: FinetuneConfig, num_classes: int) -> ResNet3d:
-    """The encoder of ``model.init`` (or a random one) with a new ``fc`` of ``num_classes``.
-
-    A CPD model (export, training checkpoint or official pretraining checkpoint) gives its
-    ``visual_encoder``; a classifier (ours or an official finetuning checkpoint) its weights.
-    """
-    m = cfg.model
-    if m.init == "random":
-        config = ModelConfig(arch=m.arch or "r3d50", base_width=m.base_width or 64,
-                             shortcut=m.shortcut or "A", dropout=m.dropout,
-                             num_classes=num_classes)  # fmt: skip
-        model = build_video_model(config)
-        model.config = config
-        return model
-    loaded = load_model(m.init)
-    if isinstance(loaded, CPDModel):
-        encoder, base = loaded.visual_encoder, loaded.config
-    elif isinstance(loaded, ResNet3d):
-        encoder, base = loaded, loaded.config
-    else:  # pragma: no cover - load_model returns one of the two
-        raise CheckpointError(f"{m.init}: not a video model ({type(loaded).__name__})")
-    if not isinstance(base, ModelConfig):
-        raise CheckpointError(f"{m.init}: the loaded model carries no ModelConfig")
-    for key in ("arch", "base_width", "shortcut"):
-        wanted = getattr(m, key)
-        if wanted is not None and wanted != getattr(base, key):
-            raise ConfigError(f"model.{key}={wanted} but {m.init} holds {getattr(base, key)}")
-    encoder.reset_classifier(num_classes, m.dropout)
-    # a classifier-only config: exports of this model hold no text tower
-    encoder.config = dataclasses.replace(base, num_classes=num_classes, dropout=m.dropout)
-    return encoder.train()
-
-
-def set_train_mode(model: ResNet3d, mode: str) -> None:
-    """Train mode for ``finetune``; for ``linear`` only the head (dropout, fc) is in train
-    mode and the encoder stays in eval mode (fixed BatchNorm statistics)."""
-    if mode == "finetune":
-        model.train()
-        return
-    model.eval()
-    model.dropout.train()
-    model.fc.train()
-
-
-def freeze_encoder(model: ResNet3d) -> None:
-    """Only ``fc`` keeps gradients (``mode: linear``)."""
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith("fc."))
-
-
-def build_optimizer(cfg: FinetuneConfig, model: nn.Module) -> torch.optim.SGD:
-    """SGD over the trainable parameters; 1-D ones without decay if ``no_decay_norm_bias``."""
-    o = cfg.optim
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if o.no_decay_norm_bias and p.dim() <= 1 else decay).append(p)
-    groups = [{"params": ps, "name": n, "base_lr": o.lr, "weight_decay": wd}
-              for n, ps, wd in (("main", decay, o.weight_decay), ("no_decay", no_decay, 0.0))
-              if ps]  # fmt: skip
-    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
-
-
-def lr_factor(cfg: FinetuneConfig, epoch_float: float) -> float:
-    """The step / cosine schedules' multiplier of ``optim.lr`` at a (fractional) epoch."""
-    s = cfg.schedule
-    if s.kind == "cosine":
-        return cosine_lr(1.0, epoch_float, s.epochs, s.warmup_epochs, 0.0)
-    return step_lr(1.0, epoch_float, s.milestones, s.gamma, s.warmup_epochs)
-
-
-# --- one step, validation, test -----------------------------------------------------------
-
-
-def finetune_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batch: dict[str, torch.Tensor],
-    *,
-    amp_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    clip_norm: float = 0.0,
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> tuple[StepResult, float]:
-    """One cross-entropy step on ``batch`` (on the device); returns (result, correct clips).
-
-    A loss that is not finite on any rank skips the step on every rank, BatchNorm statistics
-    included (they are put back), as in :func:`cpd.train.step.pretrain_step`.
-    """
-    core = model.module if hasattr(model, "module") else model
-    video = batch["video"].contiguous(memory_format=memory_format)
-    saved = [b.detach().clone() for b in core.buffers()]
-    with autocast_context(video.device, amp_dtype):
-        logits = model(video)
-    loss = F.cross_entropy(logits.float(), batch["label"])
-    correct = float((logits.argmax(1) == batch["label"]).sum())
-    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=video.device)
-    if dist.get_world_size() > 1:
-        torch.distributed.all_reduce(bad)
-    optimizer.zero_grad(set_to_none=True)
-    terms = {"loss": float(loss.detach())}
-    if bad.item() > 0:
-        with torch.no_grad():
-            for buf, old in zip(core.buffers(), saved, strict=True):
-                buf.copy_(old)
-        return StepResult(terms, float("nan"), False, True), correct
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    norm = float(torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm > 0 else math.inf))
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    return StepResult(terms, norm, clip_norm > 0 and norm > clip_norm, False), correct
-
-
-@torch.no_grad()
-def evaluate_clips(
-    model: nn.Module, dataset: ActionDataset, env: Env, *, batch_size: int, workers: int = 0,
-    amp_dtype: torch.dtype | None = None,
-) -> dict[str, float]:  # fmt: skip
-    """Clip-level top-1 / top-5 of the centre clip of every video, exact under DDP.
-
-    Collective under a process group (every rank embeds its share; the logits are gathered
-    with their indices and the sampler's padded repeats dropped).
-    """
-    from cpd.eval import gather_embeddings, topk_accuracy
-
-    was_training = model.training
-    model.eval()
-    loader = make_loader(dataset, batch_size=batch_size, train=False, seed=0, epoch=0,  # type: ignore[arg-type]
-                         workers=workers, rank=env.rank, world_size=env.world_size)  # fmt: skip
-    rows, labels, indices = [], [], []
-    for batch in loader:
-        with autocast_context(env.device, amp_dtype):
-            logits = model(batch["video"].flatten(0, 1).to(env.device, non_blocking=True))
-        rows.append(logits.float())
-        labels.append(batch["label"].to(env.device))
-        indices.append(batch["index"].to(env.device))
-    model.train(was_training)
-    n = getattr(model, "num_classes", None) or rows[0].shape[1]
-    local = torch.cat(rows) if rows else torch.zeros(0, n, device=env.device)
-    local_i = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=env.device)
-    local_y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=env.device)
-    scores, _ = gather_embeddings(local, local_i, num_samples=len(dataset))
-    ys, _ = gather_embeddings(local_y.float(), local_i, num_samples=len(dataset))
-    ks = sorted({1, min(5, n)})
-    acc = topk_accuracy(scores.cpu(), ys.long().cpu(), ks=ks)
-    return {"top1": acc["top1"], "top5": acc[f"top{ks[-1]}"]}
-
-
-def multiview_test(cfg: FinetuneConfig, data: FinetuneData, env: Env, fn: Any, dim: int) -> Any:
-    """Run ``fn(views [V, 3, T, S, S]) -> [dim]`` over every test video with the ``cpd test``
-    machinery (each rank whole videos, exact gather, failures reported, not replaced)."""
-    from cpd.eval.common import EvalEnv
-    from cpd.eval.multiview import collect_video_outputs, multiview_dataset
-
-    t, d = cfg.test, cfg.data
-    dataset = multiview_dataset(data.test, num_clips=t.num_clips, num_crops=t.num_crops,
-                                num_frames=d.num_frames, stride=d.stride,
-                                crop_size=t.crop_size or d.crop_size,
-                                loader=data.cache.load_clips if data.cache else None)  # fmt: skip
-    eval_env = EvalEnv(env.device, env.rank, env.world_size, False,
-                       show_progress=cfg.run.progress and env.main)  # fmt: skip
-    return collect_video_outputs(dataset, fn, eval_env, dim=dim, batch_size=t.batch_size,
-                                 workers=d.workers, desc="multi-view test")  # fmt: skip
-
-
-def test_metrics(scores: torch.Tensor, outputs: Any, data: FinetuneData) -> dict[str, Any]:
-    """Video-level metrics of ``scores [N, C]`` over the videos that decoded, and failures."""
-    from cpd.eval.multiview import classification_metrics
-
-    ok = outputs.ok
-    labels = torch.tensor([r.label for r in data.test])
-    result: dict[str, Any] = {"num_videos": len(data.test), "num_evaluated": int(ok.sum()),
-                              "num_failed": len(outputs.failed),
-                              "failed": [{"video_id": data.test[i].video_id, "path": p,
-                                          "reason": r} for i, (p, r) in outputs.failed.items()]}  # fmt: skip
-    if not result["num_evaluated"]:
-        return {**result, "top1": math.nan, "top5": math.nan, "mean_class_accuracy": math.nan}
-    metrics = classification_metrics(scores[ok], labels[ok], data.num_classes)
-    metrics["per_class_accuracy"] = dict(zip(data.classes, metrics["per_class_accuracy"],
-                                             strict=True))  # fmt: skip
-    return {**result, **metrics}
 
 
 # --- the trainer --------------------------------------------------------------------------

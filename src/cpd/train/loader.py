@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ __all__ = [
     "PretrainData",
     "SkipSampler",
     "build_data",
+    "declared_hflip",
     "make_loader",
     "resolve_hflip",
 ]
@@ -97,20 +98,32 @@ class GroupedSampler(Sampler[int]):
             yield from chunk[self.rank * share : (self.rank + 1) * share]
 
 
-def resolve_hflip(cfg: DataConfig) -> float:
-    """``data.hflip``, or the dataset's own ``dataset.json`` choice, or 0.5."""
-    if cfg.hflip is not None:
-        return cfg.hflip
-    meta = Path(cfg.manifest).parent / "dataset.json"
-    if meta.is_file():
+def declared_hflip(folders: Iterable[Path]) -> float | None:
+    """The flip probability a dataset declares in the ``dataset.json`` of the first folder that
+    has one (``"hflip": false`` -> 0, true -> 0.5, a number as is), or None.
+
+    The synthetic set declares false: its captions and classes name directions, which a flip
+    would turn into lies.
+    """
+    for folder in folders:
+        meta = Path(folder) / "dataset.json"
+        if not meta.is_file():
+            continue
         try:
             declared = json.loads(meta.read_text(encoding="utf-8")).get("hflip")
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"{meta}: cannot read dataset metadata: {exc}") from exc
         if declared is not None:
-            # The synthetic set names directions in its captions: a flip would make them lies.
             return 0.5 if declared is True else float(declared)
-    return 0.5
+    return None
+
+
+def resolve_hflip(cfg: DataConfig) -> float:
+    """``data.hflip``, or the dataset's own ``dataset.json`` choice, or 0.5."""
+    if cfg.hflip is not None:
+        return cfg.hflip
+    declared = declared_hflip([Path(cfg.manifest).parent])
+    return 0.5 if declared is None else declared
 
 
 @dataclass

@@ -34,15 +34,10 @@ from cpd.config import to_dict
 from cpd.errors import CheckpointError
 from cpd.eval.gather import gather_embeddings
 from cpd.train.checkpoint import atomic_save, read_checkpoint
-from cpd.train.finetune import (
-    FinetuneData,
-    build_classifier,
-    build_data,
-    multiview_test,
-    report,
-    test_metrics,
-)
+from cpd.train.finetune import report
+from cpd.train.finetune_build import FinetuneData, build_classifier, build_data
 from cpd.train.finetune_config import FinetuneConfig
+from cpd.train.finetune_eval import multiview_test, test_metrics
 from cpd.train.loader import make_loader
 from cpd.train.log import RunLogger
 from cpd.train.run import Env, resolve_amp

@@ -1,0 +1,186 @@
+"""``cpd finetune``'s data and classifier: the labelled split, clip settings, and the encoder of
+``model.init`` with a new classifier; the optimizer and the lr schedule's factor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cpd.config import ConfigError
+from cpd.data import ActionDataset, ActionRecord, ActionSplit
+from cpd.errors import CheckpointError, DataError
+from cpd.models import CPDModel, ModelConfig, ResNet3d, build_video_model, load_model
+from cpd.train.finetune_config import FinetuneConfig, FinetuneDataConfig
+from cpd.train.loader import declared_hflip
+from cpd.train.schedule import cosine_lr, step_lr
+
+log = logging.getLogger(__name__)
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+@dataclass
+class FinetuneData:
+    """The training clips, the validation centre clips, the test records and the frame cache."""
+
+    classes: tuple[str, ...]
+    train: ActionDataset
+    val: ActionDataset | None
+    test: tuple[ActionRecord, ...]
+    hflip: float
+    cache: Any = None  # FrameCache or None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_split(cfg: FinetuneDataConfig, subset: str) -> ActionSplit:
+    """The ``subset`` ("train" / "test") records of ``data.split`` (via ``cpd test``'s reader)."""
+    import argparse
+
+    from cpd.eval.common import load_action_split
+
+    args = argparse.Namespace(dataset=cfg.dataset, video_root=cfg.video_root,
+                              split_dir=cfg.split_dir, csv=cfg.csv, classes=cfg.classes,
+                              subset=subset)  # fmt: skip
+    split = load_action_split(args, cfg.split)
+    if not len(split):
+        raise DataError(f"data: no {subset} videos in split {cfg.split} of {cfg.dataset}")
+    return split
+
+
+def resolve_hflip(cfg: FinetuneDataConfig) -> float:
+    """``data.hflip``, else the ``dataset.json`` of the dataset's folder, else 0.5."""
+    if cfg.hflip is not None:
+        return cfg.hflip
+    folders = [Path(p).parent for p in (cfg.split_dir, cfg.csv) if p]
+    if cfg.video_root:
+        folders += [Path(cfg.video_root), Path(cfg.video_root).parent]
+    declared = declared_hflip(folders)
+    return 0.5 if declared is None else declared
+
+
+def _subsample(records: tuple[ActionRecord, ...], limit: int) -> list[ActionRecord]:
+    """At most ``limit`` records, evenly spaced (0 = all), renumbered 0..n-1 for a dataset."""
+    if limit and limit < len(records):
+        picks = [records[(i * len(records)) // limit] for i in range(limit)]
+    else:
+        picks = list(records)
+    return [dataclasses.replace(r, index=i) for i, r in enumerate(picks)]
+
+
+def build_data(cfg: FinetuneConfig, *, progress: bool = False, val: bool = True) -> FinetuneData:
+    """Read the split, build the training / validation datasets, fill the frame cache."""
+    d = cfg.data
+    train_split, test_split = load_split(d, "train"), load_split(d, "test")
+    if train_split.classes != test_split.classes:
+        raise DataError("data: the train and test lists disagree on the classes")
+    hflip = resolve_hflip(d)
+    scale = tuple(d.scale_range) if d.scale_range else None
+    cache = None
+    if d.cache_frames:
+        from cpd.data import FrameCache
+        from cpd.video import default_scale_range
+
+        top = (scale or default_scale_range(d.crop_size))[1]
+        short = d.cache_short_side or max(top, cfg.test.crop_size or d.crop_size)
+        cache = FrameCache(short_side=short, max_bytes=int(d.cache_max_gb * 1e9))
+    clip = dict(num_frames=d.num_frames, stride=d.stride, crop_size=d.crop_size,
+                seed=cfg.run.seed, max_failure_ratio=d.max_failure_ratio)  # fmt: skip
+    train = ActionDataset(train_split.records, train=True, hflip=hflip, scale_range=scale,
+                          loader=cache, **clip)  # type: ignore[arg-type]  # fmt: skip
+    val_set = None
+    if val and cfg.run.val_every > 0:
+        source = test_split if cfg.val.subset == "test" else train_split
+        val_set = ActionDataset(_subsample(source.records, cfg.val.max_videos), train=False,
+                                num_clips=1, num_crops=1,
+                                multiview_loader=cache.load_clips if cache else None,
+                                **clip)  # type: ignore[arg-type]  # fmt: skip
+    if cache is not None:
+        # fill before DataLoader workers fork, so that they share the decoded frames
+        paths = train.paths + [r.path for r in test_split.records]
+        cache.fill(paths, workers=max(d.workers, 1), progress=progress)
+    return FinetuneData(train_split.classes, train, val_set, test_split.records, hflip, cache)
+
+
+# --- model --------------------------------------------------------------------------------
+
+
+def build_classifier(cfg: FinetuneConfig, num_classes: int) -> ResNet3d:
+    """The encoder of ``model.init`` (or a random one) with a new ``fc`` of ``num_classes``.
+
+    A CPD model (export, training checkpoint or official pretraining checkpoint) gives its
+    ``visual_encoder``; a classifier (ours or an official finetuning checkpoint) its weights.
+    """
+    m = cfg.model
+    if m.init == "random":
+        config = ModelConfig(arch=m.arch or "r3d50", base_width=m.base_width or 64,
+                             shortcut=m.shortcut or "A", dropout=m.dropout,
+                             num_classes=num_classes)  # fmt: skip
+        model = build_video_model(config)
+        model.config = config
+        return model
+    loaded = load_model(m.init)
+    if isinstance(loaded, CPDModel):
+        encoder, base = loaded.visual_encoder, loaded.config
+    elif isinstance(loaded, ResNet3d):
+        encoder, base = loaded, loaded.config
+    else:  # pragma: no cover - load_model returns one of the two
+        raise CheckpointError(f"{m.init}: not a video model ({type(loaded).__name__})")
+    if not isinstance(base, ModelConfig):
+        raise CheckpointError(f"{m.init}: the loaded model carries no ModelConfig")
+    for key in ("arch", "base_width", "shortcut"):
+        wanted = getattr(m, key)
+        if wanted is not None and wanted != getattr(base, key):
+            raise ConfigError(f"model.{key}={wanted} but {m.init} holds {getattr(base, key)}")
+    encoder.reset_classifier(num_classes, m.dropout)
+    # a classifier-only config: exports of this model hold no text tower
+    encoder.config = dataclasses.replace(base, num_classes=num_classes, dropout=m.dropout)
+    return encoder.train()
+
+
+def set_train_mode(model: ResNet3d, mode: str) -> None:
+    """Train mode for ``finetune``; for ``linear`` only the head (dropout, fc) is in train
+    mode and the encoder stays in eval mode (fixed BatchNorm statistics)."""
+    if mode == "finetune":
+        model.train()
+        return
+    model.eval()
+    model.dropout.train()
+    model.fc.train()
+
+
+def freeze_encoder(model: ResNet3d) -> None:
+    """Only ``fc`` keeps gradients (``mode: linear``)."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("fc."))
+
+
+def build_optimizer(cfg: FinetuneConfig, model: nn.Module) -> torch.optim.SGD:
+    """SGD over the trainable parameters; 1-D ones without decay if ``no_decay_norm_bias``."""
+    o = cfg.optim
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if o.no_decay_norm_bias and p.dim() <= 1 else decay).append(p)
+    groups = [{"params": ps, "name": n, "base_lr": o.lr, "weight_decay": wd}
+              for n, ps, wd in (("main", decay, o.weight_decay), ("no_decay", no_decay, 0.0))
+              if ps]  # fmt: skip
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+
+
+def lr_factor(cfg: FinetuneConfig, epoch_float: float) -> float:
+    """The step / cosine schedules' multiplier of ``optim.lr`` at a (fractional) epoch."""
+    s = cfg.schedule
+    if s.kind == "cosine":
+        return cosine_lr(1.0, epoch_float, s.epochs, s.warmup_epochs, 0.0)
+    return step_lr(1.0, epoch_float, s.milestones, s.gamma, s.warmup_epochs)

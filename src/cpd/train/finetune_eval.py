@@ -1,0 +1,143 @@
+"""``cpd finetune``'s training step, centre-clip validation and the final multi-view test."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cpd import dist
+from cpd.data import ActionDataset
+from cpd.train.finetune_build import FinetuneData
+from cpd.train.finetune_config import FinetuneConfig
+from cpd.train.loader import make_loader
+from cpd.train.run import (
+    Env,
+)
+from cpd.train.step import StepResult, autocast_context
+
+log = logging.getLogger(__name__)
+
+
+# --- one step, validation, test -----------------------------------------------------------
+
+
+def finetune_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    *,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    clip_norm: float = 0.0,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[StepResult, float]:
+    """One cross-entropy step on ``batch`` (on the device); returns (result, correct clips).
+
+    A loss that is not finite on any rank skips the step on every rank, BatchNorm statistics
+    included (they are put back), as in :func:`cpd.train.step.pretrain_step`.
+    """
+    core = model.module if hasattr(model, "module") else model
+    video = batch["video"].contiguous(memory_format=memory_format)
+    saved = [b.detach().clone() for b in core.buffers()]
+    with autocast_context(video.device, amp_dtype):
+        logits = model(video)
+    loss = F.cross_entropy(logits.float(), batch["label"])
+    correct = float((logits.argmax(1) == batch["label"]).sum())
+    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=video.device)
+    if dist.get_world_size() > 1:
+        torch.distributed.all_reduce(bad)
+    optimizer.zero_grad(set_to_none=True)
+    terms = {"loss": float(loss.detach())}
+    if bad.item() > 0:
+        with torch.no_grad():
+            for buf, old in zip(core.buffers(), saved, strict=True):
+                buf.copy_(old)
+        return StepResult(terms, float("nan"), False, True), correct
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    norm = float(torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm > 0 else math.inf))
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return StepResult(terms, norm, clip_norm > 0 and norm > clip_norm, False), correct
+
+
+@torch.no_grad()
+def evaluate_clips(
+    model: nn.Module, dataset: ActionDataset, env: Env, *, batch_size: int, workers: int = 0,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:  # fmt: skip
+    """Clip-level top-1 / top-5 of the centre clip of every video, exact under DDP.
+
+    Collective under a process group (every rank embeds its share; the logits are gathered
+    with their indices and the sampler's padded repeats dropped).
+    """
+    from cpd.eval import gather_embeddings, topk_accuracy
+
+    was_training = model.training
+    model.eval()
+    loader = make_loader(dataset, batch_size=batch_size, train=False, seed=0, epoch=0,  # type: ignore[arg-type]
+                         workers=workers, rank=env.rank, world_size=env.world_size)  # fmt: skip
+    rows, labels, indices = [], [], []
+    for batch in loader:
+        with autocast_context(env.device, amp_dtype):
+            logits = model(batch["video"].flatten(0, 1).to(env.device, non_blocking=True))
+        rows.append(logits.float())
+        labels.append(batch["label"].to(env.device))
+        indices.append(batch["index"].to(env.device))
+    model.train(was_training)
+    n = getattr(model, "num_classes", None) or rows[0].shape[1]
+    local = torch.cat(rows) if rows else torch.zeros(0, n, device=env.device)
+    local_i = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=env.device)
+    local_y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=env.device)
+    scores, _ = gather_embeddings(local, local_i, num_samples=len(dataset))
+    ys, _ = gather_embeddings(local_y.float(), local_i, num_samples=len(dataset))
+    ks = sorted({1, min(5, n)})
+    acc = topk_accuracy(scores.cpu(), ys.long().cpu(), ks=ks)
+    return {"top1": acc["top1"], "top5": acc[f"top{ks[-1]}"]}
+
+
+def multiview_test(cfg: FinetuneConfig, data: FinetuneData, env: Env, fn: Any, dim: int) -> Any:
+    """Run ``fn(views [V, 3, T, S, S]) -> [dim]`` over every test video with the ``cpd test``
+    machinery (each rank whole videos, exact gather, failures reported, not replaced)."""
+    from cpd.eval.common import EvalEnv
+    from cpd.eval.multiview import collect_video_outputs, multiview_dataset
+
+    t, d = cfg.test, cfg.data
+    dataset = multiview_dataset(data.test, num_clips=t.num_clips, num_crops=t.num_crops,
+                                num_frames=d.num_frames, stride=d.stride,
+                                crop_size=t.crop_size or d.crop_size,
+                                loader=data.cache.load_clips if data.cache else None)  # fmt: skip
+    eval_env = EvalEnv(env.device, env.rank, env.world_size, False,
+                       show_progress=cfg.run.progress and env.main)  # fmt: skip
+    return collect_video_outputs(dataset, fn, eval_env, dim=dim, batch_size=t.batch_size,
+                                 workers=d.workers, desc="multi-view test")  # fmt: skip
+
+
+def test_metrics(scores: torch.Tensor, outputs: Any, data: FinetuneData) -> dict[str, Any]:
+    """Video-level metrics of ``scores [N, C]`` over the videos that decoded, and failures."""
+    from cpd.eval.multiview import classification_metrics
+
+    ok = outputs.ok
+    labels = torch.tensor([r.label for r in data.test])
+    result: dict[str, Any] = {"num_videos": len(data.test), "num_evaluated": int(ok.sum()),
+                              "num_failed": len(outputs.failed),
+                              "failed": [{"video_id": data.test[i].video_id, "path": p,
+                                          "reason": r} for i, (p, r) in outputs.failed.items()]}  # fmt: skip
+    if not result["num_evaluated"]:
+        return {**result, "top1": math.nan, "top5": math.nan, "mean_class_accuracy": math.nan}
+    metrics = classification_metrics(scores[ok], labels[ok], data.num_classes)
+    metrics["per_class_accuracy"] = dict(zip(data.classes, metrics["per_class_accuracy"],
+                                             strict=True))  # fmt: skip
+    return {**result, **metrics}
