@@ -14,7 +14,8 @@ import pytest
 
 from cpd.commands import prepare as command
 from cpd.data import read_caption_manifest, read_instagram_json
-from cpd.data.prepare import PrepareJob, _in_pool, middle_window, output_size
+from cpd.data.prepare import PrepareJob, _in_pool
+from cpd.video.transcode import middle_window, output_size
 from tests.videos import read_index, write_video
 
 FAST = ["--seconds", "6", "--short-side", "48", "--preset", "ultrafast", "--quiet"]

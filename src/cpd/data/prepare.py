@@ -5,27 +5,13 @@ resized so that its short side is ``short_side`` and re-encoded as H.264 mp4 (yu
 dimensions, a keyframe every ``keyframe_seconds``, audio dropped) at
 ``OUT/videos/trimmed_resize_{id}.mp4``, the file name of the official Instagram-300k release.
 
-Timeline. A packet scan (demux only) gives every frame's presentation timestamp; the video
-spans from the first frame's pts to the last one's plus one frame duration (the median
-spacing). Frames whose pts falls in ``[start, start + seconds)`` are kept, computed in exact
-fractions of the stream's time base, so a 30 s clip at 10 fps cut to 2 s keeps frames 140..159.
-Kept frames keep their own timestamps (shifted to start at 0), so variable frame rate survives
-and the nominal rate (29.97 included) goes into the header. Streams without packet timestamps
-are cut by frame count at their nominal rate instead.
-
-Size. Like the official preprocessing, the short side becomes ``short_side`` also when that
-means upscaling (the training clips' scale jitter assumes that input size); ``upscale=False``
-keeps smaller videos at their size (rounded down to even dimensions).
+How one video is cut and scaled: :mod:`cpd.video.transcode`.
 
 Runs. Work goes to ``name.partial`` and is renamed when complete, so an interrupted run never
 leaves a file that a later run would take for done; a rerun skips outputs that exist and open.
 Every input ends in exactly one of done / skipped / failed; failures are listed with reasons in
 ``OUT/failures.jsonl``, and ``OUT/captions.jsonl`` pairs each prepared video with its
 caption(s) for ``cpd pretrain data.manifest=OUT/captions.jsonl``.
-
-Sources are opened here rather than through :mod:`cpd.video.decode`: a transcoder streams raw
-frames with their timestamps into an encoder, which the clip reader (RGB arrays of chosen
-frames) does not offer.
 """
 
 from __future__ import annotations
@@ -41,10 +27,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from glob import glob, has_magic
 from pathlib import Path
-from statistics import median_low
 from typing import Any
 
 from cpd.data.manifests import (
@@ -54,6 +38,7 @@ from cpd.data.manifests import (
     read_instagram_json,
 )
 from cpd.errors import DataError, VideoDecodeError
+from cpd.video.transcode import PrepareSettings, transcode
 
 __all__ = [
     "PrepareJob",
@@ -68,29 +53,6 @@ __all__ = [
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".flv", ".wmv",
                             ".mpg", ".mpeg", ".ts", ".3gp", ".ogv"})  # fmt: skip
 DEFAULT_SPLIT = "train"  # pairs whose input names no split (pretraining reads "train")
-
-
-@dataclass(frozen=True)
-class PrepareSettings:
-    """How each video is cut, scaled and encoded (stored in ``results.json``)."""
-
-    seconds: float = 20.0  # length of the middle segment kept; 0 keeps whole videos
-    short_side: int = 256
-    upscale: bool = True  # the paper resized every video to 256, small ones included
-    crf: int = 23
-    preset: str = "medium"
-    keyframe_seconds: float = 1.0  # GOP length: short GOPs keep later seeks cheap
-
-    def check(self) -> None:
-        """Raise :class:`DataError` for settings no video could be prepared with."""
-        if self.seconds < 0:
-            raise DataError(f"seconds must be >= 0, got {self.seconds}")
-        if self.short_side < 2 or self.short_side % 2:
-            raise DataError(f"short side must be even and >= 2 (yuv420p), got {self.short_side}")
-        if not 0 <= self.crf <= 51:
-            raise DataError(f"crf must be in [0, 51], got {self.crf}")
-        if self.keyframe_seconds <= 0:
-            raise DataError(f"keyframe interval must be > 0 s, got {self.keyframe_seconds}")
 
 
 @dataclass(frozen=True)
@@ -232,212 +194,6 @@ def jobs_from_paths(
         rows_out = tuple((c, s, video_id if single else None) for c, s, _ in rows)
         jobs.append(PrepareJob(video_id, path, rows_out))
     return _check_unique(jobs)
-
-
-# --- one video -----------------------------------------------------------------------------
-
-
-def output_size(width: int, height: int, short_side: int, upscale: bool = True) -> tuple[int, int]:
-    """``(width, height)`` with the short side ``short_side`` (or kept when smaller and not
-    ``upscale``), aspect ratio kept, both even (yuv420p halves the chroma planes)."""
-    short = min(width, height)
-    target = short_side if upscale or short > short_side else max(2, short - short % 2)
-
-    def even(x: float) -> int:
-        return max(2, 2 * round(x / 2))
-
-    return even(width * target / short), even(height * target / short)
-
-
-def middle_window(pts: Sequence[int], time_base: Fraction, seconds: float) -> tuple | None:
-    """``[start, end)`` in pts units (fractions) of the middle ``seconds``; ``None``: keep all.
-
-    A video spans from its first frame to its last plus one frame duration (the median
-    spacing of the sorted pts); a video no longer than ``seconds`` is kept whole.
-    """
-    if seconds <= 0 or len(pts) < 2:
-        return None
-    span = _span(pts)
-    want = Fraction(str(seconds)) / time_base
-    if span <= want:
-        return None
-    start = pts[0] + (span - want) / 2
-    return start, start + want
-
-
-def _span(pts: Sequence[int]) -> int:
-    """First to last timestamp plus one frame duration (the median spacing), in pts units."""
-    if len(pts) < 2:
-        return 1
-    return pts[-1] - pts[0] + median_low(b - a for a, b in zip(pts, pts[1:], strict=False))
-
-
-def _open_source(path: str) -> Any:
-    import av
-
-    if not os.path.isfile(path):
-        raise VideoDecodeError(path, "no such file")
-    if os.path.getsize(path) == 0:
-        raise VideoDecodeError(path, "empty file")
-    try:
-        container = av.open(path, metadata_errors="ignore")
-    except av.FFmpegError as exc:
-        raise VideoDecodeError(path, f"cannot open: {exc}") from exc
-    if not container.streams.video:
-        container.close()
-        raise VideoDecodeError(path, "no video stream")
-    container.streams.video[0].codec_context.thread_count = 1  # the pool uses every core
-    return container
-
-
-def _scan(path: str) -> tuple[list[int], Fraction, bool]:
-    """Sorted frame timestamps and their time base from a packet scan (no decoding).
-
-    Without usable packet pts (missing or repeated), frames are counted by a full decode and
-    numbered ``0..n-1`` in units of the nominal frame period; the flag says which happened.
-    """
-    import av
-
-    with _open_source(path) as container:
-        stream = container.streams.video[0]
-        pts: list[int] | None = []
-        try:
-            for packet in container.demux(stream):
-                if packet.size == 0 or packet.is_discard:
-                    continue
-                if packet.pts is None:
-                    pts = None
-                    break
-                pts.append(packet.pts)
-        except av.FFmpegError:
-            pass  # a truncated file: the frames read so far are the video
-        if pts is not None and pts and len(set(pts)) == len(pts) and stream.time_base:
-            return sorted(pts), Fraction(stream.time_base), True
-        rate = stream.average_rate or stream.guessed_rate or Fraction(30)
-    with _open_source(path) as container:
-        count = 0
-        try:
-            for _ in container.decode(video=0):
-                count += 1
-        except av.FFmpegError:
-            pass
-    if count == 0:
-        raise VideoDecodeError(path, "no frame could be decoded")
-    return list(range(count)), 1 / Fraction(rate), False
-
-
-class _SeekMissed(Exception):
-    """A seek landed after the first wanted frame (internal signal: decode from the start)."""
-
-
-def _kept_frames(plan: _Plan, seek: bool) -> Iterable[tuple[Any, int]]:
-    """Yield ``(frame, timestamp)`` of the frames inside the window in presentation order."""
-    import av
-
-    path, window, first, by_pts = plan.source, plan.window, plan.first, plan.by_pts
-    with _open_source(path) as container:
-        stream = container.streams.video[0]
-        if seek:
-            container.seek(first, backward=True, any_frame=False, stream=stream)
-        started = False
-        try:
-            for number, frame in enumerate(container.decode(stream)):
-                ts = frame.pts if by_pts else number
-                if ts is None:
-                    raise VideoDecodeError(path, f"decoded frame {number} has no timestamp")
-                if window is not None and ts < window[0]:
-                    continue
-                if window is not None and ts >= window[1]:
-                    break
-                if not started and seek and ts > first:
-                    raise _SeekMissed
-                started = True
-                yield frame, ts
-        except av.FFmpegError as exc:
-            raise VideoDecodeError(path, f"decoding failed: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """What :func:`transcode` decided before decoding: which frames, their clock, the size."""
-
-    source: str
-    window: tuple | None  # [start, end) in the source's timestamp units; None keeps all
-    first: int  # timestamp of the first kept frame (output time 0)
-    by_pts: bool  # timestamps are packet pts (else frame numbers)
-    time_base: Fraction
-    rate: Fraction
-    size: tuple[int, int]
-
-
-def transcode(source: str | Path, dest: str | Path, settings: PrepareSettings) -> dict[str, Any]:
-    """Write the middle segment of ``source``, resized and H.264-encoded, to ``dest`` (mp4).
-
-    Returns ``{"frames", "width", "height", "fps", "seconds", "source_seconds"}``. Raises
-    :class:`VideoDecodeError` for sources that cannot give a single frame.
-    """
-    source = os.fspath(source)
-    pts, time_base, by_pts = _scan(source)
-    window = middle_window(pts, time_base, settings.seconds)
-    kept = [p for p in pts if window is None or window[0] <= p < window[1]]
-    with _open_source(source) as container:
-        stream = container.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
-        rate = stream.average_rate or stream.guessed_rate
-    if len(kept) > 1:
-        # the header's rate unless the timestamps say otherwise (variable frame rate, none)
-        measured = Fraction(len(kept) - 1) / ((kept[-1] - kept[0]) * time_base)
-        if not rate or not by_pts or abs(rate / measured - 1) > 0.005:
-            rate = measured
-    rate = Fraction(rate or 30).limit_denominator(1001)
-    size = output_size(width, height, settings.short_side, settings.upscale)
-    plan = _Plan(source, window, kept[0], by_pts, time_base, rate, size)
-    try:
-        # seek only when the segment starts after the first frame; a late landing is detected
-        frames = _encode(plan, dest, settings, seek=by_pts and kept[0] > pts[0])
-    except _SeekMissed:
-        frames = _encode(plan, dest, settings, seek=False)
-    if frames == 0:
-        raise VideoDecodeError(source, "no frame of the middle segment could be decoded")
-    return {
-        "frames": frames,
-        "width": size[0],
-        "height": size[1],
-        "fps": round(float(rate), 4),
-        "seconds": round(float(_span(kept) * time_base), 3),
-        "source_seconds": round(float(_span(pts) * time_base), 3),
-    }
-
-
-def _encode(plan: _Plan, dest: str | Path, settings: PrepareSettings, seek: bool) -> int:
-    """Decode the kept frames of the source and encode them into ``dest``; returns the count."""
-    import av
-    from av.video.reformatter import VideoReformatter
-
-    scaler = VideoReformatter()  # keeps its swscale context from frame to frame
-    width, height = plan.size
-    with av.open(os.fspath(dest), mode="w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=plan.rate)
-        stream.width, stream.height = width, height
-        stream.pix_fmt = "yuv420p"
-        # frames keep the source's timestamps (variable frame rate survives)
-        stream.time_base = stream.codec_context.time_base = plan.time_base
-        stream.codec_context.thread_count = 1  # one process per core already; deterministic
-        gop = max(1, round(float(plan.rate) * settings.keyframe_seconds))
-        stream.options = {"crf": str(settings.crf), "preset": settings.preset, "g": str(gop)}
-        count, last = 0, None
-        for frame, ts in _kept_frames(plan, seek):
-            if last is not None and ts <= last:
-                continue  # a repeated timestamp: the muxer needs strictly increasing ones
-            image = scaler.reformat(frame, width=width, height=height, format="yuv420p",
-                                    interpolation="BICUBIC", threads=1)  # fmt: skip
-            image.pts, image.time_base = int(ts - plan.first), plan.time_base
-            for packet in stream.encode(image):
-                out.mux(packet)
-            count, last = count + 1, ts
-        for packet in stream.encode():
-            out.mux(packet)
-    return count
 
 
 # --- a whole run -----------------------------------------------------------------------------
