@@ -40,10 +40,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import signal
-import sys
 
 HELP = "finetune or linear-probe the video encoder on labelled actions (UCF101, HMDB51, ...)"
 
@@ -61,40 +57,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the config and train; 2 for bad settings, 1 for bad data, 128+signal if stopped."""
-    import yaml
-
-    from cpd.config import to_dict
-    from cpd.errors import CPDError
+    from cpd.commands._training import run_training
     from cpd.train.finetune_config import load_finetune_config
 
-    try:
-        cfg = load_finetune_config(args.config, args.overrides)
-    except CPDError as exc:
-        print(f"cpd finetune: {exc}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-        return 0
-    from cpd.config import ConfigError
-    from cpd.train.finetune import finetune
-    from cpd.train.run import TrainingInterrupted
+    def entry():  # imported only when a run starts
+        from cpd.train.finetune import finetune
 
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
-    try:
-        finetune(cfg)
-    except TrainingInterrupted as exc:
-        if main_rank:
-            print(f"cpd finetune: {exc}", file=sys.stderr)
-        return 128 + int(getattr(signal, exc.signal_name, signal.SIGTERM))
-    except ConfigError as exc:
-        print(f"cpd finetune: {exc}", file=sys.stderr)
-        return 2
-    except CPDError as exc:
-        print(f"cpd finetune: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return finetune
+
+    return run_training("finetune", load_finetune_config, entry, args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,10 +40,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import signal
-import sys
 
 HELP = "pretrain the video encoder on video-caption pairs (CPD)"
 
@@ -66,39 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Resolve the config and train; exit status 2 for bad settings, 128+signal when stopped."""
-    import yaml
-
-    from cpd.config import to_dict
-    from cpd.errors import CPDError
+    """Resolve the config and train; 2 for bad settings, 1 for bad data, 128+signal if stopped."""
+    from cpd.commands._training import run_training
     from cpd.train.config import load_pretrain_config
 
-    try:
-        cfg = load_pretrain_config(args.config, args.overrides)
-    except CPDError as exc:
-        print(f"cpd pretrain: {exc}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-        return 0
-    from cpd.config import ConfigError
-    from cpd.train.pretrain import TrainingInterrupted, pretrain
+    def entry():  # imported only when a run starts
+        from cpd.train.pretrain import pretrain
 
-    level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        pretrain(cfg)
-    except TrainingInterrupted as exc:
-        if int(os.environ.get("RANK", "0")) == 0:  # the process group is gone by now
-            print(f"cpd pretrain: {exc}", file=sys.stderr)
-        return 128 + int(getattr(signal, exc.signal_name, signal.SIGTERM))
-    except ConfigError as exc:
-        print(f"cpd pretrain: {exc}", file=sys.stderr)
-        return 2
-    except CPDError as exc:
-        print(f"cpd pretrain: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return pretrain
+
+    return run_training("pretrain", load_pretrain_config, entry, args)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -228,6 +228,20 @@ def load_pretrain_config(
     return cfg
 
 
+def check_common(positive: dict[str, int], scale_range: list[int] | None, hflip: float | None,
+                 resume: str) -> None:  # fmt: skip
+    """Checks both trainers make: counts >= 1, clip settings, ``run.resume``; names the key."""
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {value}")
+    if scale_range is not None and len(scale_range) != 2:
+        raise ConfigError(f"data.scale_range: expected [lo, hi], got {scale_range}")
+    if hflip is not None and not 0.0 <= hflip <= 1.0:
+        raise ConfigError(f"data.hflip: a probability in [0, 1], got {hflip}")
+    if resume not in ("auto", "never") and not Path(resume).suffix:
+        raise ConfigError(f"run.resume: 'auto', 'never' or a checkpoint file, got {resume}")
+
+
 def check_config(cfg: PretrainConfig) -> None:
     """Reject values that cannot work, naming the key (world-size checks come at run time)."""
     positive = {
@@ -239,15 +253,7 @@ def check_config(cfg: PretrainConfig) -> None:
         "run.log_every": cfg.run.log_every,
         "run.max_bad_steps": cfg.run.max_bad_steps,
     }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {value}")
-    if cfg.data.scale_range is not None and len(cfg.data.scale_range) != 2:
-        raise ConfigError(f"data.scale_range: expected [lo, hi], got {cfg.data.scale_range}")
-    if cfg.data.hflip is not None and not 0.0 <= cfg.data.hflip <= 1.0:
-        raise ConfigError(f"data.hflip: a probability in [0, 1], got {cfg.data.hflip}")
-    if cfg.run.resume not in ("auto", "never") and not Path(cfg.run.resume).suffix:
-        raise ConfigError(f"run.resume: 'auto', 'never' or a checkpoint file, got {cfg.run.resume}")
+    check_common(positive, cfg.data.scale_range, cfg.data.hflip, cfg.run.resume)
     if cfg.model.num_classes != 0:
         raise ConfigError("model.num_classes: must be 0 for pretraining (the two-tower model)")
     if cfg.loss.num_negatives < 1:

@@ -23,11 +23,10 @@ Values are resolved as for pretraining: defaults (the paper's UCF101 recipe), th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from cpd.config import ConfigError, load_config
-from cpd.train.config import RunConfig, find_preset
+from cpd.train.config import RunConfig, check_common, find_preset
 
 __all__ = [
     "ClassifierConfig",
@@ -242,21 +241,13 @@ def check_config(cfg: FinetuneConfig) -> None:
         "run.log_every": cfg.run.log_every,
         "run.max_bad_steps": cfg.run.max_bad_steps,
     }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {value}")
+    check_common(positive, cfg.data.scale_range, cfg.data.hflip, cfg.run.resume)
     if cfg.data.split not in (1, 2, 3):
         raise ConfigError(f"data.split: 1, 2 or 3, got {cfg.data.split}")
-    if cfg.data.scale_range is not None and len(cfg.data.scale_range) != 2:
-        raise ConfigError(f"data.scale_range: expected [lo, hi], got {cfg.data.scale_range}")
-    if cfg.data.hflip is not None and not 0.0 <= cfg.data.hflip <= 1.0:
-        raise ConfigError(f"data.hflip: a probability in [0, 1], got {cfg.data.hflip}")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout: in [0, 1), got {cfg.model.dropout}")
     if not cfg.model.init:
         raise ConfigError("model.init: 'random' or a checkpoint / export path")
-    if cfg.run.resume not in ("auto", "never") and not Path(cfg.run.resume).suffix:
-        raise ConfigError(f"run.resume: 'auto', 'never' or a checkpoint file, got {cfg.run.resume}")
     if cfg.schedule.kind == "plateau" and cfg.run.val_every <= 0 and cfg.mode != "linear_features":
         raise ConfigError(
             "schedule.kind=plateau steps on validation accuracy: set run.val_every >= 1 "
