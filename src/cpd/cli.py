@@ -15,6 +15,10 @@ from cpd import __version__
 
 # command name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "cpd.commands.demo",
+        "the whole pipeline on the synthetic dataset: data, pretraining, evaluation, report",
+    ),
     "synth": ("cpd.commands.synth", "write the embedded synthetic video-caption dataset"),
     "prepare": (
         "cpd.commands.prepare",
