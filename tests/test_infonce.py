@@ -72,10 +72,29 @@ def test_temperature_clamped_like_clip():
         loss.logit_scale.fill_(math.log(1000.0))
     out = loss(video, text)
     assert loss.temperature == pytest.approx(0.01)
+    assert float(loss.logit_scale) == pytest.approx(math.log(100.0))  # the stored value
     v2t, t2v = naive_infonce(video, text, 100.0)
     assert out["loss"].item() == pytest.approx((v2t + t2v) / 2, rel=1e-5)
+
+
+def test_temperature_pushed_below_the_range_can_come_back():
+    """A step that sends log(1/T) below 0 must not leave it stuck at T = 1 with no gradient."""
+    video = unit(6, 8, 1)
+    loss = InfoNCELoss()
+    with torch.no_grad():
+        loss.logit_scale.fill_(-2.0)  # as an SGD step with a large gradient can do
+    out = loss(video, video.detach().clone())  # aligned pairs: a lower T lowers the loss
+    assert float(loss.logit_scale) == 0.0 and loss.temperature == pytest.approx(1.0)
     out["loss"].backward()
-    assert float(loss.logit_scale.grad) == 0.0  # at the clamp: no push further out
+    assert float(loss.logit_scale.grad) < 0  # gradient descent raises 1/T again
+
+
+def test_fixed_temperature_is_a_buffer():
+    loss = InfoNCELoss(0.1, learn_temperature=False)
+    assert list(loss.parameters()) == [] and "logit_scale" in loss.state_dict()
+    video, text = unit(4, 8, 1), unit(4, 8, 2)
+    v2t, t2v = naive_infonce(video, text, 10.0)
+    assert loss(video, text)["loss"].item() == pytest.approx((v2t + t2v) / 2, rel=1e-5)
 
 
 def test_loss_is_a_proper_contrast():

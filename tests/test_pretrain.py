@@ -133,3 +133,17 @@ def test_infonce_run_trains_its_temperature(tiny_pretrain_overrides, tmp_path):
     scale = [v for k, v in ckpt["loss"].items() if "logit_scale" in k]
     assert len(scale) == 1 and not torch.isclose(scale[0], torch.log(torch.tensor(1 / 0.07)))
     assert results["final"]["train_skipped_steps"] == 0
+
+
+def test_adamw_and_fixed_temperature_run(tiny_pretrain_overrides, tmp_path):
+    """optim.optimizer=adamw trains with AdamW state; loss.learn_temperature=false keeps T."""
+    overrides = [*tiny_pretrain_overrides, f"run.out={tmp_path}", "loss.kind=infonce",
+                 "loss.learn_temperature=false", "optim.optimizer=adamw", "optim.lr=1e-3",
+                 "schedule.unfreeze_epoch=null", "run.val_every=0"]  # fmt: skip
+    cfg = load_pretrain_config("pretrain_synthetic_cpu", overrides)
+    pretrain(cfg)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    state = ckpt["optimizer"]["state"]
+    assert state and all("exp_avg_sq" in s for s in state.values())  # Adam moments, not SGD's
+    scale = [v for k, v in ckpt["loss"].items() if "logit_scale" in k]
+    assert len(scale) == 1 and torch.isclose(scale[0], torch.log(torch.tensor(1 / 0.07)))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import cpd
 from cpd.models.resnet3d import ARCHS, ResNet3d, create_resnet3d, resnet3d_50
 from tests import official_reference as ref
 
@@ -182,3 +183,25 @@ def test_registry_names_and_depths():
         for name, m in ((n, create_resnet3d(n, base_width=4)) for n in ARCHS)
     }
     assert depth == {"r3d10": 10, "r3d18": 18, "r3d34": 34, "r3d50": 50, "r3d101": 101}
+
+
+def test_temporal_stages_put_temporal_kernels_where_asked():
+    model = _tiny("r3d18", temporal_stages=(1, 2, 3, 4))
+    assert model.layer1[0].conv1.kernel_size == (3, 3, 3)
+    assert model.layer2[1].conv1.kernel_size == (3, 3, 3)
+    assert model.layer4[0].conv2.kernel_size == (1, 3, 3)  # conv2 stays spatial, as in CPD
+    x = torch.randn(1, 3, 5, 32, 32)
+    assert model.forward_features(x).shape == (1, model.num_features)
+    slow = _tiny("r3d18")
+    assert slow.temporal_stages == (3, 4) and slow.layer1[0].conv1.kernel_size == (1, 3, 3)
+    with pytest.raises(ValueError, match="temporal_stages"):
+        _tiny("r3d18", temporal_stages=(0, 5))
+
+
+def test_temporal_stages_survive_export_and_load(tmp_path):
+    config = cpd.ModelConfig(arch="r3d10", base_width=8, num_classes=3, temporal_stages=[2, 3, 4])
+    model = cpd.build_model(config)
+    cpd.save_model(model, tmp_path / "export")
+    loaded = cpd.load_model(tmp_path / "export")
+    assert loaded.temporal_stages == (2, 3, 4)
+    assert loaded.layer2[0].conv1.kernel_size == (3, 3, 3)

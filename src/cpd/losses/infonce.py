@@ -6,8 +6,9 @@ every rank computes the same loss over the global batch. The gather's backward s
 gradients of all ranks, so after DDP averages parameter gradients they equal those of one
 process holding the concatenated batch (see :mod:`cpd.dist`).
 
-The temperature is a trainable parameter of this module, which lives outside the DDP-wrapped
-model: the training engine must add ``loss_fn.parameters()`` to its optimizer. Its gradient is
+The temperature is a trainable parameter of this module (or a fixed buffer with
+``learn_temperature=False``), which lives outside the DDP-wrapped model: the training engine
+must add ``loss_fn.parameters()`` to its optimizer. Its gradient is
 already identical on every rank (each rank computes the full loss), so it needs no averaging.
 """
 
@@ -31,14 +32,18 @@ class InfoNCELoss(nn.Module):
 
     Args:
         init_temperature: starting temperature (CLIP: 0.07).
+        learn_temperature: train ``log(1/T)`` (CLIP) or keep ``T`` fixed (as the paper's NCE).
         max_logit_scale: upper clamp of ``1/T`` (CLIP: 100); the lower clamp is 1 (T <= 1).
         world_size: None → the process group's size (1 when none); 1 → local batch only (no
             gather even under a process group); any other value must equal the group's size.
         group: process group (default group if None).
 
-    The parameter ``logit_scale`` holds ``log(1/T)``. It is clamped to
-    ``[0, log(max_logit_scale)]`` in the forward pass (CLIP clamps the stored value after each
-    step; clamping on use gives the same logits and needs no hook in the training loop).
+    ``logit_scale`` holds ``log(1/T)``. Its stored value is clamped to
+    ``[0, log(max_logit_scale)]`` at the start of every forward pass, which is CLIP's clamp after
+    each optimizer step without a hook in the training loop. Clamping only the value used would
+    give the same logits but no gradient once the parameter has left the range, and a
+    temperature pushed to 1 early (a loss above chance at initialisation does that under SGD)
+    would then stay there for good.
     """
 
     def __init__(
@@ -46,13 +51,18 @@ class InfoNCELoss(nn.Module):
         init_temperature: float = 0.07,
         max_logit_scale: float = 100.0,
         *,
+        learn_temperature: bool = True,
         world_size: int | None = None,
         group: Any = None,
     ) -> None:
         super().__init__()
         if not 0 < init_temperature <= 1:
             raise ValueError(f"init_temperature must be in (0, 1], got {init_temperature}")
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        value = torch.tensor(math.log(1.0 / init_temperature))
+        if learn_temperature:
+            self.logit_scale = nn.Parameter(value)
+        else:
+            self.register_buffer("logit_scale", value)
         self.max_log_scale = math.log(max_logit_scale)
         self.world_size = world_size
         self.group = group
@@ -60,10 +70,10 @@ class InfoNCELoss(nn.Module):
     @property
     def temperature(self) -> float:
         """The current (clamped) temperature ``T``."""
-        return float(1.0 / self._scale().detach())
+        return float(1.0 / self.logit_scale.detach().clamp(0.0, self.max_log_scale).exp())
 
     def _scale(self) -> torch.Tensor:
-        return self.logit_scale.clamp(0.0, self.max_log_scale).exp()
+        return self.logit_scale.exp()
 
     def _world(self) -> int:
         actual = dist.get_world_size(self.group)
@@ -103,6 +113,8 @@ class InfoNCELoss(nn.Module):
                 f"video and text must be [B, D] of one shape, got {tuple(video.shape)} and "
                 f"{tuple(text.shape)}"
             )
+        with torch.no_grad():
+            self.logit_scale.clamp_(0.0, self.max_log_scale)
         all_v = self._gather(video.float())
         all_t = self._gather(text.float())
         scale = self._scale()

@@ -9,7 +9,7 @@ Attribute names match the official checkpoint keys: ``visual_encoder`` (3D ResNe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -30,6 +30,8 @@ class ModelConfig:
         arch: video encoder, one of "r3d10", "r3d18", "r3d34", "r3d50", "r3d101".
         base_width: planes of the stem / layer1 (64 = official; 16 or 32 for tiny CPU models).
         shortcut: "A" (zero-pad, official) or "B" (1x1x1 conv + BN).
+        temporal_stages: stages with temporal kernels ([3, 4]: slow-only, official; [1, 2, 3, 4]:
+            temporal kernels at every stage).
         dropout: dropout before the video head (pretraining) or classifier (finetuning).
         text_encoder: "all-MiniLM-L6-v2" (packaged, offline), "distilbert-base-uncased" (built
             from its configuration, random until a checkpoint fills it), or a local HF directory
@@ -45,6 +47,7 @@ class ModelConfig:
     arch: str = "r3d50"
     base_width: int = 64
     shortcut: Literal["A", "B"] = "A"
+    temporal_stages: list[int] = field(default_factory=lambda: [3, 4])
     dropout: float = 0.0
     text_encoder: str = DEFAULT_TEXT_ENCODER
     text_compat: bool = False
@@ -157,6 +160,7 @@ def build_video_model(config: ModelConfig, num_classes: int | None = None) -> Re
         base_width=config.base_width,
         shortcut=config.shortcut,
         dropout=config.dropout,
+        temporal_stages=tuple(config.temporal_stages),
     )
 
 

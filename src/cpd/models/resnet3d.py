@@ -145,6 +145,10 @@ class ResNet3d(nn.Module):
         shortcut: "A" (parameter-free zero-pad, all released models) or "B" (1x1x1 conv + BN).
         dropout: dropout probability applied to the pooled features in ``forward_head``.
         in_chans: input channels.
+        temporal_stages: the stages (1..4) whose blocks have temporal kernels: (3, 4) is the
+            slow-only network of CPD and every released checkpoint; (1, 2, 3, 4) gives motion
+            features at full resolution (R3D-style), which a small model on small clips needs
+            to learn motion from captions.
     """
 
     def __init__(
@@ -157,12 +161,16 @@ class ResNet3d(nn.Module):
         shortcut: ShortcutType = "A",
         dropout: float = 0.0,
         in_chans: int = 3,
+        temporal_stages: tuple[int, ...] | list[int] = (3, 4),
     ) -> None:
         super().__init__()
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
         if len(layers) != 4:
             raise ValueError(f"layers must have 4 entries, got {list(layers)}")
+        if not set(temporal_stages) <= {1, 2, 3, 4}:
+            raise ValueError(f"temporal_stages must be among 1..4, got {list(temporal_stages)}")
+        self.temporal_stages = tuple(sorted(set(temporal_stages)))
         self.block = block
         self.layers = tuple(layers)
         self.base_width = base_width
@@ -178,10 +186,18 @@ class ResNet3d(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
         w = base_width
-        self.layer1 = self._make_layer(block, w, layers[0], stride=1, temporal=False)
-        self.layer2 = self._make_layer(block, 2 * w, layers[1], stride=2, temporal=False)
-        self.layer3 = self._make_layer(block, 4 * w, layers[2], stride=2, temporal=True)
-        self.layer4 = self._make_layer(block, 8 * w, layers[3], stride=2, temporal=True)
+        self.layer1 = self._make_layer(
+            block, w, layers[0], stride=1, temporal=1 in self.temporal_stages
+        )
+        self.layer2 = self._make_layer(
+            block, 2 * w, layers[1], stride=2, temporal=2 in self.temporal_stages
+        )
+        self.layer3 = self._make_layer(
+            block, 4 * w, layers[2], stride=2, temporal=3 in self.temporal_stages
+        )
+        self.layer4 = self._make_layer(
+            block, 8 * w, layers[3], stride=2, temporal=4 in self.temporal_stages
+        )
         self.num_features = 8 * w * block.expansion
         self.dropout = nn.Dropout(dropout)
         self.num_classes = num_classes

@@ -86,6 +86,7 @@ class LossConfig:
         kind: "nce" (CPD's memory-bank NCE) or "infonce" (in-batch, learnable temperature).
         num_negatives: K noise samples per pair (nce).
         temperature: T (nce; the initial temperature for infonce).
+        learn_temperature: infonce only: learn T (CLIP) or keep it fixed.
         momentum: memory-bank momentum (nce).
         bank_dtype: bank storage "float32", "float16" or "bfloat16" (nce).
         hard_negatives: add each clip played backwards as a negative for its own caption.
@@ -95,6 +96,7 @@ class LossConfig:
     kind: Literal["nce", "infonce"] = "nce"
     num_negatives: int = 16384
     temperature: float = 0.07
+    learn_temperature: bool = True
     momentum: float = 0.5
     bank_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     hard_negatives: bool = False
@@ -103,11 +105,15 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD and the step.
+    """The optimizer and the step.
 
     Attributes:
         batch_size: TOTAL batch over all processes (each takes batch_size / world_size).
-        lr / momentum / weight_decay / nesterov: SGD of the video side and the heads.
+        optimizer: "sgd" (the paper) or "adamw" (decoupled weight decay; ``momentum`` and
+            ``nesterov`` unused). Adam's per-parameter step sizes let a weak but consistent
+            gradient grow quickly, which is what a small model learning motion from captions on
+            a small dataset needs (see ``configs/pretrain_synthetic_cpu.yaml``).
+        lr / momentum / weight_decay / nesterov: the video side and the heads.
         no_decay_norm_bias: no weight decay on BatchNorm weights and biases (1-D parameters).
         text_lr: lr of the text encoder once it unfreezes (the official 3e-4 x 0.1); it
             follows the same decay factor as ``lr``.
@@ -119,6 +125,7 @@ class OptimConfig:
     """
 
     batch_size: int = 256
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4

@@ -125,6 +125,7 @@ def build_classifier(cfg: FinetuneConfig, num_classes: int) -> ResNet3d:
     if m.init == "random":
         config = ModelConfig(arch=m.arch or "r3d50", base_width=m.base_width or 64,
                              shortcut=m.shortcut or "A", dropout=m.dropout,
+                             temporal_stages=list(m.temporal_stages or [3, 4]),
                              num_classes=num_classes)  # fmt: skip
         model = build_video_model(config)
         model.config = config
@@ -138,7 +139,7 @@ def build_classifier(cfg: FinetuneConfig, num_classes: int) -> ResNet3d:
         raise CheckpointError(f"{m.init}: not a video model ({type(loaded).__name__})")
     if not isinstance(base, ModelConfig):
         raise CheckpointError(f"{m.init}: the loaded model carries no ModelConfig")
-    for key in ("arch", "base_width", "shortcut"):
+    for key in ("arch", "base_width", "shortcut", "temporal_stages"):
         wanted = getattr(m, key)
         if wanted is not None and wanted != getattr(base, key):
             raise ConfigError(f"model.{key}={wanted} but {m.init} holds {getattr(base, key)}")

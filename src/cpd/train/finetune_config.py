@@ -88,7 +88,8 @@ class ClassifierConfig:
         init: "random" (the baseline every table needs), a cpd export folder / ``.safetensors``
             / training checkpoint (``.pt``), or an official CPD-Video checkpoint (pretraining:
             its ``visual_encoder``; finetuning: its weights). The classifier is always new.
-        arch / base_width / shortcut: the architecture for ``init: random``; with a checkpoint
+        arch / base_width / shortcut / temporal_stages: the architecture for ``init: random``
+            (temporal_stages default [3, 4], slow-only); with a checkpoint
             they come from it (a value given here must then agree).
         dropout: dropout before the classifier (0.8 in the paper's finetuning).
     """
@@ -97,6 +98,7 @@ class ClassifierConfig:
     arch: str | None = None
     base_width: int | None = None
     shortcut: Literal["A", "B"] | None = None
+    temporal_stages: list[int] | None = None
     dropout: float = 0.8
 
 

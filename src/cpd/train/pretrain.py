@@ -77,7 +77,7 @@ def build_loss(cfg: PretrainConfig, num_data: int) -> nn.Module:
     """The loss of ``loss.kind``, sized for the training set."""
     c = cfg.loss
     if c.kind == "infonce":
-        return _InfoNCEStep(InfoNCELoss(c.temperature))
+        return _InfoNCEStep(InfoNCELoss(c.temperature, learn_temperature=c.learn_temperature))
     return MemoryBankNCELoss(
         num_data,
         cfg.model.embed_dim,
@@ -89,8 +89,11 @@ def build_loss(cfg: PretrainConfig, num_data: int) -> nn.Module:
     )
 
 
-def build_optimizer(cfg: PretrainConfig, model: CPDModel, loss_fn: nn.Module) -> torch.optim.SGD:
-    """SGD with named groups: ``main`` / ``main_no_decay`` (video tower, heads, loss),
+def build_optimizer(
+    cfg: PretrainConfig, model: CPDModel, loss_fn: nn.Module
+) -> torch.optim.Optimizer:
+    """SGD (or AdamW, ``optim.optimizer``) with named groups: ``main`` / ``main_no_decay``
+    (video tower, heads, loss),
     ``text`` / ``text_no_decay`` (the text encoder; lr 0 and no gradients while frozen).
 
     BatchNorm weights and biases (1-D parameters) get no weight decay when
@@ -111,6 +114,8 @@ def build_optimizer(cfg: PretrainConfig, model: CPDModel, loss_fn: nn.Module) ->
                 param_groups.append(
                     {"params": params, "name": name, "base_lr": base, "weight_decay": wd}
                 )
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(param_groups, lr=o.lr, weight_decay=0.0)
     return torch.optim.SGD(
         param_groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=0.0
     )
@@ -193,7 +198,7 @@ class Trainer:
     data: PretrainData
     model: CPDModel
     loss_fn: nn.Module
-    optimizer: torch.optim.SGD
+    optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     amp_dtype: torch.dtype | None
     logger: RunLogger

@@ -138,7 +138,8 @@ def score_views(values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 def _feature_key(cfg: FinetuneConfig) -> dict[str, Any]:
     """The settings that determine the extracted features."""
     return {"init": str(Path(cfg.model.init).resolve()) if cfg.model.init != "random" else
-            f"random:{cfg.run.seed}:{cfg.model.arch}:{cfg.model.base_width}",
+            f"random:{cfg.run.seed}:{cfg.model.arch}:{cfg.model.base_width}:"
+            f"{cfg.model.temporal_stages}",
             "data": to_dict(cfg.data) | {"workers": None}, "test": to_dict(cfg.test),
             "clips_per_video": cfg.probe.clips_per_video,
             "test_average": cfg.probe.test_average, "seed": cfg.run.seed}  # fmt: skip
