@@ -38,7 +38,7 @@ PROBE_PRESET = "linear_synthetic_cpu"
 STAGES = ("synthetic data", "pretraining", "retrieval and zero-shot", "linear probes", "report")
 # Seconds each stage took on a busy 2-core CPU (quick, full); the ETA scales them by how fast
 # this machine has been on the stages it ran so far.
-ESTIMATES = {True: (20.0, 35.0, 8.0, 10.0, 1.0), False: (65.0, 260.0, 10.0, 45.0, 1.0)}
+ESTIMATES = {True: (20.0, 35.0, 8.0, 10.0, 1.0), False: (30.0, 420.0, 6.0, 31.0, 1.0)}
 # The dataset's settings besides its size and seed: cpd synth's defaults, spelled out so that
 # an existing dataset.json can be checked against them.
 DATA_SETTINGS = {"width": 128, "height": 128, "num_frames": 75, "fps": 30.0,
