@@ -72,7 +72,7 @@ def test_temperature_clamped_like_clip():
         loss.logit_scale.fill_(math.log(1000.0))
     out = loss(video, text)
     assert loss.temperature == pytest.approx(0.01)
-    assert float(loss.logit_scale) == pytest.approx(math.log(100.0))  # the stored value
+    assert loss.logit_scale.item() == pytest.approx(math.log(100.0))  # the stored value
     v2t, t2v = naive_infonce(video, text, 100.0)
     assert out["loss"].item() == pytest.approx((v2t + t2v) / 2, rel=1e-5)
 
@@ -84,7 +84,7 @@ def test_temperature_pushed_below_the_range_can_come_back():
     with torch.no_grad():
         loss.logit_scale.fill_(-2.0)  # as an SGD step with a large gradient can do
     out = loss(video, video.detach().clone())  # aligned pairs: a lower T lowers the loss
-    assert float(loss.logit_scale) == 0.0 and loss.temperature == pytest.approx(1.0)
+    assert loss.logit_scale.item() == 0.0 and loss.temperature == pytest.approx(1.0)
     out["loss"].backward()
     assert float(loss.logit_scale.grad) < 0  # gradient descent raises 1/T again
 
