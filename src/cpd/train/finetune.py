@@ -33,13 +33,11 @@ from typing import Any
 import torch
 from torch import nn
 
-import cpd
 from cpd import dist
 from cpd.config import ConfigError, from_dict, to_dict
 from cpd.errors import CheckpointError
 from cpd.losses.memory_bank import seed_for
 from cpd.models import ResNet3d, save_model
-from cpd.train.checkpoint import save_training_checkpoint
 from cpd.train.finetune_build import (
     FinetuneData,
     build_classifier,
@@ -55,6 +53,7 @@ from cpd.train.loader import make_loader
 from cpd.train.log import RunLogger, format_table
 from cpd.train.run import (
     Env,
+    Resumable,
     TrainingDiverged,
     TrainingInterrupted,
     find_resume,
@@ -62,7 +61,7 @@ from cpd.train.run import (
     resolve_amp,
     write_run_files,
 )
-from cpd.train.state import StopSignal, capture_rng_state, restore_rng_state
+from cpd.train.state import StopSignal
 from cpd.train.step import StepResult
 
 __all__ = [
@@ -84,7 +83,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Trainer:
+class Trainer(Resumable):
     """The state of one finetuning / linear run."""
 
     cfg: FinetuneConfig
@@ -106,62 +105,31 @@ class Trainer:
     last_val: dict[str, float] = field(default_factory=dict)
     last_epoch: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def steps_per_epoch(self) -> int:
-        per_rank = -(-len(self.data.train) // self.env.world_size)  # the sampler's padded length
-        return per_rank // self.batch_per_rank
+    # checkpoints: the shared part in Resumable -------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        """Everything a resume needs; ``config.model`` makes the file loadable by load_model."""
+    def extra_state(self) -> dict[str, Any]:
+        """``config.model`` makes the file loadable by load_model; plus the lr scheduler."""
         return {
-            "model": self.model.state_dict(),
             "config": {"model": self.model.config.to_dict()},
             "finetune": to_dict(self.cfg),
             "classes": list(self.data.classes),
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "bad_steps": self.bad_steps,
             "last_val": dict(self.last_val),
-            "rng": capture_rng_state(),
-            "version": cpd.__version__,
-            "world_size": self.env.world_size,
         }
 
-    def save(self, periodic: bool) -> None:
-        """Rank 0 writes ``last.pt`` (and ``epoch_N.pt`` when due); all ranks then agree."""
-        if self.env.main:
-            every = self.cfg.run.save_every if periodic else 0
-            save_training_checkpoint(self.state(), self.run_dir, self.epoch, every)
-        if self.env.world_size > 1:
-            torch.distributed.barrier()
-
-    def load(self, path: Path, ckpt: dict[str, Any]) -> None:
-        """Continue from a checkpoint written by :meth:`state`."""
+    def check_resume(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """Mode and model settings must be this run's."""
         old = ckpt.get("finetune")
         if old is not None:
             prev = from_dict(FinetuneConfig, old)
             if (prev.mode, to_dict(prev.model)) != (self.cfg.mode, to_dict(self.cfg.model)):
                 raise CheckpointError(f"{path}: its mode / model settings differ from this run's")
-        try:
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            if self.scheduler is not None:
-                self.scheduler.load_state_dict(ckpt["scheduler"])
-            if self.scaler is not None and ckpt.get("scaler"):
-                self.scaler.load_state_dict(ckpt["scaler"])
-            self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
-            self.global_step, self.bad_steps = int(ckpt["global_step"]), int(ckpt["bad_steps"])
-            self.last_val = dict(ckpt.get("last_val") or {})
-            restore_rng_state(ckpt["rng"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{path}: cannot resume from it: {exc}") from exc
-        self.logger.message(f"resuming from {path}: epoch {self.epoch + 1}, step "
-                            f"{self.step_in_epoch} of {self.steps_per_epoch}")  # fmt: skip
-        self.logger.write("event", self.global_step, event="resume", checkpoint=str(path))
+
+    def load_extra(self, ckpt: dict[str, Any]) -> None:
+        """The lr scheduler and the last validation."""
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.last_val = dict(ckpt.get("last_val") or {})
 
     def train_epoch(self, stop: StopSignal) -> bool:
         """Run the rest of the current epoch; False if a stop signal ended it early."""

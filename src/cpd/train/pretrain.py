@@ -26,19 +26,18 @@ from typing import Any
 import torch
 from torch import nn
 
-import cpd
 from cpd import dist
 from cpd.config import ConfigError, from_dict, to_dict
 from cpd.errors import CheckpointError
 from cpd.losses import InfoNCELoss, MemoryBankNCELoss, negative_generator, temporal_negatives
 from cpd.losses.memory_bank import seed_for
 from cpd.models import CPDModel, build_model, save_model
-from cpd.train.checkpoint import save_training_checkpoint
 from cpd.train.config import PretrainConfig
 from cpd.train.loader import PretrainData, build_data, make_loader
 from cpd.train.log import RunLogger, format_table
 from cpd.train.run import (
     Env,
+    Resumable,
     TrainingDiverged,
     TrainingInterrupted,
     find_resume,
@@ -47,7 +46,7 @@ from cpd.train.run import (
     write_run_files,
 )
 from cpd.train.schedule import cosine_lr, step_lr, text_encoder_trainable
-from cpd.train.state import StopSignal, capture_rng_state, restore_rng_state
+from cpd.train.state import StopSignal
 from cpd.train.step import TextFeatureCache, autocast_context, pretrain_step
 
 __all__ = ["TrainingInterrupted", "TrainingDiverged", "evaluate_retrieval", "pretrain"]
@@ -189,7 +188,7 @@ def evaluate_retrieval(
 
 
 @dataclass
-class Trainer:
+class Trainer(Resumable):
     """The state of one run: what is built once, and where the run stands."""
 
     cfg: PretrainConfig
@@ -213,59 +212,21 @@ class Trainer:
     wrapped: nn.Module | None = None
     stage: bool | None = None  # text encoder trainable in the current wrapper
 
-    @property
-    def steps_per_epoch(self) -> int:
-        per_rank = -(-len(self.data.train) // self.env.world_size)  # the sampler's padded length
-        return per_rank // self.batch_per_rank
+    # checkpoints: the shared part in Resumable -------------------------------------------
 
-    # checkpoints ---------------------------------------------------------------------------
+    def extra_state(self) -> dict[str, Any]:
+        """The resolved config and the loss state (the text cache is recomputed, not saved)."""
+        return {"config": to_dict(self.cfg), "loss": self.loss_fn.state_dict()}
 
-    def state(self) -> dict[str, Any]:
-        """Everything a resume needs (the text cache is not saved: it is recomputed)."""
-        return {
-            "model": self.model.state_dict(),
-            "config": to_dict(self.cfg),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "loss": self.loss_fn.state_dict(),
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "bad_steps": self.bad_steps,
-            "rng": capture_rng_state(),
-            "version": cpd.__version__,
-            "world_size": self.env.world_size,
-        }
-
-    def save(self, periodic: bool) -> None:
-        """Rank 0 writes ``last.pt`` (and ``epoch_N.pt`` when due); all ranks then agree."""
-        if self.env.main:
-            every = self.cfg.run.save_every if periodic else 0
-            save_training_checkpoint(self.state(), self.run_dir, self.epoch, every)
-        if self.env.world_size > 1:
-            torch.distributed.barrier()
-
-    def load(self, path: Path, ckpt: dict[str, Any]) -> None:
-        """Continue from a checkpoint written by :meth:`state`."""
-        try:
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            self.loss_fn.load_state_dict(ckpt["loss"])
-            if self.scaler is not None and ckpt.get("scaler"):
-                self.scaler.load_state_dict(ckpt["scaler"])
-            self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
-            self.global_step, self.bad_steps = int(ckpt["global_step"]), int(ckpt["bad_steps"])
-            restore_rng_state(ckpt["rng"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: cannot resume from it: {exc}") from exc
+    def check_resume(self, path: Path, ckpt: dict[str, Any]) -> None:
+        """The model must be the one this run builds."""
         old = from_dict(PretrainConfig, ckpt["config"]) if "config" in ckpt else None
         if old is not None and to_dict(old.model) != to_dict(self.cfg.model):
             raise CheckpointError(f"{path}: its model config differs from this run's")
-        self.logger.message(
-            f"resuming from {path}: epoch {self.epoch + 1}, step {self.step_in_epoch} of "
-            f"{self.steps_per_epoch} (global step {self.global_step})"
-        )
-        self.logger.write("event", self.global_step, event="resume", checkpoint=str(path))
+
+    def load_extra(self, ckpt: dict[str, Any]) -> None:
+        """Banks and Z (nce) or the temperature (infonce)."""
+        self.loss_fn.load_state_dict(ckpt["loss"])
 
     # curriculum ----------------------------------------------------------------------------
 
