@@ -229,8 +229,8 @@ def run_pretraining(settings: DemoSettings, clock: StageClock) -> tuple[Any, dic
 
 def random_encoder(settings: DemoSettings, model_cfg: Any, num_classes: int) -> Path:
     """``OUT/random_init``: a video classifier of exactly ``model_cfg``'s architecture with
-    random weights from ``seed`` (``model.init=random`` would rebuild it from arch / width /
-    shortcut only)."""
+    random weights from ``seed``, so that both probes share every architectural setting of the
+    pretrained model by construction, whatever the probe preset says."""
     import torch
 
     from cpd.models import build_model, save_model

@@ -23,7 +23,6 @@ run resumed mid-epoch repeats the uninterrupted run's steps.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -55,11 +54,10 @@ from cpd.train.run import (
     Env,
     Resumable,
     TrainingDiverged,
-    TrainingInterrupted,
-    find_resume,
-    init_env,
+    interrupted,
+    make_scaler,
+    open_run,
     resolve_amp,
-    write_run_files,
 )
 from cpd.train.state import StopSignal
 from cpd.train.step import StepResult
@@ -270,9 +268,7 @@ def build(cfg: FinetuneConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=s.factor, patience=s.patience, min_lr=s.min_lr)  # fmt: skip
     amp_dtype = resolve_amp(cfg.optim.amp, env.device)
-    scaler = None
-    if amp_dtype == torch.float16 and env.device.type == "cuda":
-        scaler = torch.amp.GradScaler("cuda")
+    scaler = make_scaler(amp_dtype, env.device)
     return Trainer(cfg, env, run_dir, data, model, wrapped, optimizer, scheduler, scaler,
                    amp_dtype, logger, per_rank)  # fmt: skip
 
@@ -285,52 +281,24 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         TrainingDiverged: ``run.max_bad_steps`` non-finite steps in a row.
         ConfigError / DataError / CheckpointError: bad settings, data or checkpoints.
     """
-    env = init_env(cfg.run.device)
-    run_dir = Path(cfg.run.out)
-    logger = None
-    try:
-        if cfg.run.threads > 0:
-            torch.set_num_threads(cfg.run.threads)
-        if env.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        if env.world_size > 1:
-            torch.distributed.barrier()
-        resume = find_resume(cfg, run_dir) if cfg.mode != "linear_features" else None  # type: ignore[arg-type]
-        info = write_run_files(cfg, run_dir, env) if env.main else {}  # type: ignore[arg-type]
-        logger = RunLogger(run_dir, enabled=env.main, progress=cfg.run.progress,
-                           tensorboard=cfg.run.tensorboard)  # fmt: skip
+    with open_run(cfg, resumable=cfg.mode != "linear_features") as run:
         if cfg.mode == "linear_features":
             from cpd.train.probe import linear_probe
 
-            return linear_probe(cfg, env, run_dir, logger, info)
-        trainer = build(cfg, env, run_dir, logger)
-        if resume is not None:
-            trainer.load(*resume)
+            return linear_probe(cfg, run.env, run.run_dir, run.logger, run.info)
+        trainer = build(cfg, run.env, run.run_dir, run.logger)
+        if run.resume is not None:
+            trainer.load(*run.resume)
         with StopSignal() as stop:
             while trainer.epoch < cfg.schedule.epochs:
                 if not trainer.train_epoch(stop):
                     trainer.save(periodic=False)
-                    raise _interrupted(stop, trainer, run_dir)
+                    raise interrupted("finetune", stop, trainer, mid_epoch=True)
                 trainer.validate()  # before saving: the plateau state is part of the epoch
                 trainer.save(periodic=True)
                 if stop.received is not None:
-                    raise _interrupted(stop, trainer, run_dir)
-        return _finish(trainer, info)
-    finally:
-        if logger is not None:
-            logger.close()
-        if env.owns_group:
-            with contextlib.suppress(Exception):
-                torch.distributed.destroy_process_group()
-
-
-def _interrupted(stop: StopSignal, trainer: Trainer, run_dir: Path) -> TrainingInterrupted:
-    return TrainingInterrupted(
-        f"stopped by {stop.name} at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}; "
-        f"checkpoint {run_dir / 'last.pt'}. Resume with: cpd finetune --config "
-        f"{run_dir / 'config.yaml'}",
-        stop.name,
-    )
+                    raise interrupted("finetune", stop, trainer, mid_epoch=True)
+        return _finish(trainer, run.info)
 
 
 def report(cfg: FinetuneConfig, env: Env, run_dir: Path, logger: RunLogger, model: ResNet3d,

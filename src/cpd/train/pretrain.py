@@ -15,7 +15,6 @@ epoch, therefore repeats the uninterrupted run's steps exactly on the same machi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import warnings
@@ -40,10 +39,10 @@ from cpd.train.run import (
     Resumable,
     TrainingDiverged,
     TrainingInterrupted,
-    find_resume,
-    init_env,
+    interrupted,
+    make_scaler,
+    open_run,
     resolve_amp,
-    write_run_files,
 )
 from cpd.train.schedule import cosine_lr, step_lr, text_encoder_trainable
 from cpd.train.state import StopSignal
@@ -368,8 +367,6 @@ class Trainer(Resumable):
 
 def build(cfg: PretrainConfig, env: Env, run_dir: Path, logger: RunLogger) -> Trainer:
     """Data, model, loss, optimizer and scaler for ``cfg`` on this process."""
-    if cfg.run.threads > 0:
-        torch.set_num_threads(cfg.run.threads)
     if cfg.optim.batch_size % env.world_size:
         raise ConfigError(
             f"optim.batch_size={cfg.optim.batch_size} (the total) is not divisible by the "
@@ -407,9 +404,7 @@ def build(cfg: PretrainConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
     loss_fn = build_loss(cfg, len(data.train)).to(env.device)
     optimizer = build_optimizer(cfg, model, loss_fn)
     amp_dtype = resolve_amp(cfg.optim.amp, env.device)
-    scaler = None
-    if amp_dtype == torch.float16 and env.device.type == "cuda":
-        scaler = torch.amp.GradScaler("cuda")
+    scaler = make_scaler(amp_dtype, env.device)
     return Trainer(cfg, env, run_dir, data, model, loss_fn, optimizer, scaler, amp_dtype,
                    logger, per_rank)  # fmt: skip
 
@@ -422,47 +417,20 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         TrainingDiverged: ``run.max_bad_steps`` non-finite steps in a row.
         ConfigError / DataError / CheckpointError: bad settings, data or checkpoints.
     """
-    env = init_env(cfg.run.device)
-    run_dir = Path(cfg.run.out)
-    logger = None
-    try:
-        if env.main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        if env.world_size > 1:
-            torch.distributed.barrier()
-        resume = find_resume(cfg, run_dir)
-        info = write_run_files(cfg, run_dir, env) if env.main else {}
-        logger = RunLogger(run_dir, enabled=env.main, progress=cfg.run.progress,
-                           tensorboard=cfg.run.tensorboard)  # fmt: skip
-        trainer = build(cfg, env, run_dir, logger)
-        if resume is not None:
-            trainer.load(*resume)
+    with open_run(cfg) as run:
+        trainer = build(cfg, run.env, run.run_dir, run.logger)
+        if run.resume is not None:
+            trainer.load(*run.resume)
         with StopSignal() as stop:
             while trainer.epoch < cfg.schedule.epochs:
                 if not trainer.train_epoch(stop):
                     trainer.save(periodic=False)
-                    raise TrainingInterrupted(
-                        f"stopped by {stop.name} at epoch {trainer.epoch + 1}, step "
-                        f"{trainer.step_in_epoch}; checkpoint {run_dir / 'last.pt'}. Resume with: "
-                        f"cpd pretrain --config {run_dir / 'config.yaml'}",
-                        stop.name,
-                    )
+                    raise interrupted("pretrain", stop, trainer, mid_epoch=True)
                 trainer.save(periodic=True)
                 if stop.received is not None:
-                    raise TrainingInterrupted(
-                        f"stopped by {stop.name} after epoch {trainer.epoch}; checkpoint "
-                        f"{run_dir / 'last.pt'}. Resume with: "
-                        f"cpd pretrain --config {run_dir / 'config.yaml'}",
-                        stop.name,
-                    )
+                    raise interrupted("pretrain", stop, trainer, mid_epoch=False)
                 _maybe_validate(trainer)
-        return _finish(trainer, info)
-    finally:
-        if logger is not None:
-            logger.close()
-        if env.owns_group:
-            with contextlib.suppress(Exception):
-                torch.distributed.destroy_process_group()
+        return _finish(trainer, run.info)
 
 
 # the validation figures printed (results.json and metrics.jsonl hold them all)

@@ -8,8 +8,10 @@ checkpoints that both trainers keep.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,16 @@ from cpd.config import ConfigError, save_config
 from cpd.errors import CheckpointError, CPDError
 from cpd.train.benchmark import default_amp_dtype
 from cpd.train.checkpoint import load_latest, read_checkpoint, save_training_checkpoint
-from cpd.train.state import capture_rng_state, restore_rng_state
+from cpd.train.log import RunLogger
+from cpd.train.state import StopSignal, capture_rng_state, restore_rng_state
 
 __all__ = [
     "Env",
     "Resumable",
+    "RunContext",
+    "interrupted",
+    "make_scaler",
+    "open_run",
     "TrainingDiverged",
     "TrainingInterrupted",
     "find_resume",
@@ -124,6 +131,69 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         return default_amp_dtype(device)
     return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def make_scaler(amp_dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:
+    """A gradient scaler where one is needed: fp16 autocast on CUDA (bf16 needs none)."""
+    if amp_dtype == torch.float16 and device.type == "cuda":
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+@dataclass
+class RunContext:
+    """A started run: process environment, run directory, logger, what to resume from, and
+    the run record written to ``run_dir`` (empty on ranks other than 0)."""
+
+    env: Env
+    run_dir: Path
+    logger: RunLogger
+    resume: tuple[Path, dict[str, Any]] | None
+    info: dict[str, Any]
+
+
+@contextlib.contextmanager
+def open_run(cfg: Any, *, resumable: bool = True) -> Iterator[RunContext]:
+    """Start a training run of ``cfg`` (its ``run`` section) and always clean up after it.
+
+    Joins the process group, sets the thread count, creates the run directory (rank 0, then
+    all ranks meet), finds the checkpoint to resume from (``resumable``), writes the run record
+    and opens the logger; on exit closes the logger and leaves a process group it created.
+    """
+    env = init_env(cfg.run.device)
+    run_dir = Path(cfg.run.out)
+    logger = None
+    try:
+        if cfg.run.threads > 0:
+            torch.set_num_threads(cfg.run.threads)
+        if env.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        if env.world_size > 1:
+            torch.distributed.barrier()
+        resume = find_resume(cfg, run_dir) if resumable else None
+        info = write_run_files(cfg, run_dir, env) if env.main else {}
+        logger = RunLogger(run_dir, enabled=env.main, progress=cfg.run.progress,
+                           tensorboard=cfg.run.tensorboard)  # fmt: skip
+        yield RunContext(env, run_dir, logger, resume, info)
+    finally:
+        if logger is not None:
+            logger.close()
+        if env.owns_group:
+            with contextlib.suppress(Exception):
+                torch.distributed.destroy_process_group()
+
+
+def interrupted(
+    command: str, stop: StopSignal, run: Resumable, mid_epoch: bool
+) -> TrainingInterrupted:
+    """The error that ends a run stopped by a signal, after its checkpoint was written."""
+    where = (f"at epoch {run.epoch + 1}, step {run.step_in_epoch}" if mid_epoch
+             else f"after epoch {run.epoch}")  # fmt: skip
+    return TrainingInterrupted(
+        f"stopped by {stop.name} {where}; checkpoint {run.run_dir / 'last.pt'}. Resume with: "
+        f"cpd {command} --config {run.run_dir / 'config.yaml'}",
+        stop.name,
+    )
 
 
 class Resumable:
