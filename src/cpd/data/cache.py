@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 from cpd.errors import CPDError, VideoDecodeError
 from cpd.video import sampling, transforms
+from cpd.video.clip import plan_clip
 from cpd.video.decode import INTERPOLATION, DecodeStats, decode_all, probe
 
 __all__ = ["CacheBudgetError", "CachedVideo", "FrameCache"]
@@ -303,21 +304,8 @@ class FrameCache:
         """
         del interpolation, stats
         video = self.get(path)
-        if train:
-            g = generator if generator is not None else transforms.make_generator(seed)
-            scale_range = scale_range or transforms.default_scale_range(crop_size)
-            if scale_range[0] < crop_size:
-                raise ValueError(f"scale range {scale_range} goes below the crop size {crop_size}")
-            indices = sampling.random_window(
-                video.num_frames, num_frames, stride, video.fps, g, target_fps
-            )
-            short = transforms.draw_scale(g, scale_range)
-        else:
-            g = None
-            indices = sampling.centre_window(
-                video.num_frames, num_frames, stride, video.fps, target_fps
-            )
-            short = crop_size
+        indices, short, g = plan_clip(video.num_frames, video.fps, num_frames, stride, crop_size,
+                                      train, seed, generator, scale_range, target_fps)  # fmt: skip
         frames = self._frames(video, indices, short)
         return transforms.crop_flip_normalize(frames, crop_size, g, hflip=hflip, mean=mean, std=std)
 

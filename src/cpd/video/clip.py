@@ -18,6 +18,36 @@ from cpd.video.decode import INTERPOLATION, DecodeStats, open_video
 TRAIN_INTERPOLATION = "FAST_BILINEAR"
 
 
+def plan_clip(
+    video_frames: int,
+    fps: float,
+    num_frames: int,
+    stride: int,
+    crop_size: int,
+    train: bool,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    scale_range: tuple[int, int] | None = None,
+    target_fps: float = sampling.TARGET_FPS,
+) -> tuple[list[int], int, torch.Generator | None]:
+    """Which frames a clip takes, the short side to resize them to, and the generator whose
+    next draws decide the crop and flip (None in test mode).
+
+    Train mode draws the window first, then the scale, from ``generator`` (or one seeded with
+    ``seed``); test mode takes the centre window at short side ``crop_size``. Shared by
+    :func:`load_clip` and the in-memory frame cache, so that both cut the same clip.
+    """
+    if not train:
+        indices = sampling.centre_window(video_frames, num_frames, stride, fps, target_fps)
+        return indices, crop_size, None
+    g = generator if generator is not None else transforms.make_generator(seed)
+    scale_range = scale_range or transforms.default_scale_range(crop_size)
+    if scale_range[0] < crop_size:
+        raise ValueError(f"scale range {scale_range} goes below the crop size {crop_size}")
+    indices = sampling.random_window(video_frames, num_frames, stride, fps, g, target_fps)
+    return indices, transforms.draw_scale(g, scale_range), g
+
+
 def load_clip(
     path: str | os.PathLike,
     num_frames: int = 8,
@@ -51,21 +81,8 @@ def load_clip(
         interpolation = TRAIN_INTERPOLATION if train else INTERPOLATION
     with open_video(path) as video:
         index = video.index
-        if train:
-            g = generator if generator is not None else transforms.make_generator(seed)
-            scale_range = scale_range or transforms.default_scale_range(crop_size)
-            if scale_range[0] < crop_size:
-                raise ValueError(f"scale range {scale_range} goes below the crop size {crop_size}")
-            indices = sampling.random_window(
-                index.num_frames, num_frames, stride, index.fps, g, target_fps
-            )
-            short = transforms.draw_scale(g, scale_range)
-        else:
-            g = None
-            indices = sampling.centre_window(
-                index.num_frames, num_frames, stride, index.fps, target_fps
-            )
-            short = crop_size
+        indices, short, g = plan_clip(index.num_frames, index.fps, num_frames, stride, crop_size,
+                                      train, seed, generator, scale_range, target_fps)  # fmt: skip
         size = transforms.short_side_size(index.height, index.width, short)
         frames = video.frames(indices, size, interpolation=interpolation, stats=stats)
     return transforms.crop_flip_normalize(
