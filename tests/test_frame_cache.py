@@ -86,7 +86,7 @@ def test_determinism_and_generator_argument(videos):
 def test_budget_is_checked_before_decoding(videos, monkeypatch):
     need = 90 * 150 * 204 * 3  # wide at short side 150
     fc = FrameCache(150, max_bytes=need - 1)
-    monkeypatch.setattr(cache_module, "decode_all", _fail_if_called)
+    monkeypatch.setattr(cache_module, "open_video", _fail_if_called)
     with pytest.raises(CacheBudgetError, match="wide.mp4.*budget"):
         fc(videos["wide"], seed=0)
     assert fc.nbytes == 0 and len(fc) == 0 and not fc.failures
@@ -115,7 +115,7 @@ def test_decode_failure_is_raised_and_remembered(videos, monkeypatch):
     with pytest.raises(VideoDecodeError, match="no such file"):
         fc(videos["bad"] + ".missing")
     monkeypatch.setattr(cache_module, "probe", _fail_if_called)
-    monkeypatch.setattr(cache_module, "decode_all", _fail_if_called)
+    monkeypatch.setattr(cache_module, "open_video", _fail_if_called)
     with pytest.raises(VideoDecodeError) as again:
         fc.load_clips(videos["bad"])
     assert again.value.reason == first.value.reason
@@ -138,7 +138,7 @@ def test_fill_with_threads_then_serve_without_decoding(videos, monkeypatch):
     assert report["decoded"] == 2 and report["failed"] == 1 and report["already_cached"] == 0
     assert report["nbytes"] == fc.nbytes == (90 * 128 * 174 + 100 * 128 * 128) * 3
     assert fc.fill(paths, progress=False)["already_cached"] == 3
-    monkeypatch.setattr(cache_module, "decode_all", _fail_if_called)
+    monkeypatch.setattr(cache_module, "open_video", _fail_if_called)
     assert fc(videos["square"], seed=1, scale_range=(128, 128)).shape == (3, 8, 112, 112)
     copy = pickle.loads(pickle.dumps(fc))  # spawn-started workers receive a pickled copy
     assert torch.equal(copy.load_clips(videos["wide"]), fc.load_clips(videos["wide"]))
@@ -151,7 +151,7 @@ def test_as_dataset_loader_in_forked_workers(videos, monkeypatch):
     ]
     fc = FrameCache(170, interpolation="FAST_BILINEAR")
     fc.fill([r.path for r in records], progress=False)
-    monkeypatch.setattr(cache_module, "decode_all", _fail_if_called)  # forked workers inherit it
+    monkeypatch.setattr(cache_module, "open_video", _fail_if_called)  # forked workers inherit it
     ds = ActionDataset(records, train=True, num_frames=4, loader=fc, scale_range=(128, 128))
     ref = ActionDataset(records, train=True, num_frames=4, scale_range=(128, 128))
     batches = list(

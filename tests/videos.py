@@ -57,13 +57,18 @@ def write_video(
     pts: list[int] | None = None,
     time_base: Fraction | None = None,
     texture: bool = False,
+    rotation: int = 0,
+    hflip: bool = False,
+    image: np.ndarray | None = None,
 ) -> Path:
     """Write ``num_frames`` index frames to ``path`` (container from the suffix).
 
     ``pts`` (in ``time_base`` units) gives variable frame rate; otherwise frames are evenly
     spaced at ``fps``. ``bframes`` and ``gop`` shape the GOP structure of H.264 output.
     ``texture`` adds a faint per-frame random pattern, so that any two crops of any two frames
-    differ (the index cells alone are uniform stripes).
+    differ (the index cells alone are uniform stripes). ``rotation`` (degrees counterclockwise)
+    and ``hflip`` go into the display matrix, as a phone writes them; the stored frames stay
+    ``width`` x ``height``. ``image`` (``[height, width, 3]`` uint8) replaces the index frames.
     """
     path = Path(path)
     rate = Fraction(fps).limit_denominator(1001)
@@ -71,6 +76,8 @@ def write_video(
         stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"
+        if rotation or hflip:
+            stream.set_display_rotation(rotation, hflip=hflip)
         if codec in ("libx264", "h264"):
             stream.options = {
                 "bf": str(bframes),
@@ -91,11 +98,11 @@ def write_video(
             stream.time_base = pts_unit
             stream.codec_context.time_base = pts_unit
         for i in range(num_frames):
-            image = index_frame(i, width, height)
+            pixels = index_frame(i, width, height) if image is None else image
             if texture:
                 noise = np.random.default_rng(i).integers(-25, 26, (height, width, 1))
-                image = (image.astype(np.int16) + noise).clip(0, 255).astype(np.uint8)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                pixels = (pixels.astype(np.int16) + noise).clip(0, 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             if pts is not None:
                 frame.pts = pts[i]
                 frame.time_base = pts_unit

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from cpd.errors import CPDError, VideoDecodeError
 from cpd.video import sampling, transforms
 from cpd.video.clip import plan_clip
-from cpd.video.decode import INTERPOLATION, DecodeStats, decode_all, probe
+from cpd.video.decode import INTERPOLATION, DecodeStats, open_video, probe
 
 __all__ = ["CacheBudgetError", "CachedVideo", "FrameCache"]
 
@@ -174,11 +174,17 @@ class FrameCache:
     def _decode(self, key: str) -> CachedVideo:
         try:
             num_frames, fps, width, height = probe(key)
-            size = self._cached_size(height, width)
-            need = num_frames * size[0] * size[1] * 3
+            short = self._cached_short_side(height, width)
+            size = (height, width)
+            if short is not None:
+                size = transforms.short_side_size(height, width, short)
+            need = num_frames * size[0] * size[1] * 3  # the same for a video shown sideways
             self._reserve(key, need)
             try:
-                frames = decode_all(key, size, interpolation=self.interpolation)
+                with open_video(key) as reader:
+                    frames = reader.frames(np.arange(reader.index.num_frames), short_side=short,
+                                           interpolation=self.interpolation)  # fmt: skip
+                    height, width = reader.display_size
             finally:
                 with self._lock:
                     self._reserved -= need
@@ -194,10 +200,11 @@ class FrameCache:
                 self._nbytes += frames.nbytes
             return self._videos[key]
 
-    def _cached_size(self, height: int, width: int) -> tuple[int, int]:
+    def _cached_short_side(self, height: int, width: int) -> int | None:
+        """The short side to cache frames at; None keeps them at their native size."""
         if self.short_side is None or self.short_side >= min(height, width):
-            return height, width
-        return transforms.short_side_size(height, width, self.short_side)
+            return None
+        return self.short_side
 
     def _reserve(self, key: str, need: int) -> None:
         with self._lock:

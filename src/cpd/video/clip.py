@@ -83,8 +83,7 @@ def load_clip(
         index = video.index
         indices, short, g = plan_clip(index.num_frames, index.fps, num_frames, stride, crop_size,
                                       train, seed, generator, scale_range, target_fps)  # fmt: skip
-        size = transforms.short_side_size(index.height, index.width, short)
-        frames = video.frames(indices, size, interpolation=interpolation, stats=stats)
+        frames = video.frames(indices, short_side=short, interpolation=interpolation, stats=stats)
     return transforms.crop_flip_normalize(
         torch.from_numpy(frames), crop_size, g, hflip=hflip, mean=mean, std=std
     )
@@ -117,10 +116,10 @@ def load_clips(
         windows = sampling.uniform_windows(
             index.num_frames, num_clips, num_frames, stride, index.fps, target_fps
         )
-        size = transforms.short_side_size(index.height, index.width, crop_size)
         flat = np.asarray(windows, dtype=np.int64).reshape(-1)
-        decoded = video.frames(flat, size, interpolation=interpolation, stats=stats)
-    frames = torch.from_numpy(decoded).view(num_clips, num_frames, *size, 3)
+        decoded = video.frames(flat, short_side=crop_size, interpolation=interpolation,
+                               stats=stats)  # fmt: skip
+    frames = torch.from_numpy(decoded).view(num_clips, num_frames, *decoded.shape[1:])
     views = []
     for c in range(num_clips):
         views.extend(transforms.spatial_views(frames[c], crop_size, num_crops, mean=mean, std=std))

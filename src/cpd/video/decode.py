@@ -38,6 +38,7 @@ import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from cpd.errors import VideoDecodeError
+from cpd.video.transforms import short_side_size
 
 INTERPOLATION = "BILINEAR"
 _CACHE_SIZE = 4096
@@ -51,7 +52,7 @@ class VideoIndex:
     keyframes: np.ndarray  # int64 [k]: frame index of each keyframe, ascending
     seek_ts: np.ndarray  # int64 [k]: timestamp to seek to for that keyframe (_seek_targets)
     fps: float
-    width: int
+    width: int  # as stored; a display matrix may show the frames turned (see orientation)
     height: int
     seekable: bool  # False: pts unusable, frames are found by counting a sequential decode
 
@@ -252,16 +253,72 @@ def probe(path: str | os.PathLike) -> tuple[int, float, int, int]:
     return index.num_frames, index.fps, index.width, index.height
 
 
-class _Converter:
-    """Turns decoded frames into uint8 RGB arrays of one size, resizing inside swscale."""
+# How to show a frame upright: (transpose, flip rows, flip columns), applied in that order.
+Orientation = tuple[bool, bool, bool]
+UPRIGHT: Orientation = (False, False, False)
 
-    def __init__(self, size: tuple[int, int] | None, interpolation: str) -> None:
+
+def orientation(frame: av.VideoFrame) -> Orientation:
+    """How ``frame`` must be turned to be shown as its display matrix says (phone videos).
+
+    The matrix (ISO/IEC 14496-12, FFmpeg's ``DISPLAYMATRIX`` side data) maps a source pixel
+    ``(p, q)`` (column, row) to ``(a·p + c·q, b·p + d·q)`` plus a shift. Rotations by quarter
+    turns and mirrorings are exact; any other angle snaps to the nearest quarter turn. Frames
+    without a matrix are upright. Players and ``ffmpeg`` apply the matrix too, so a portrait
+    phone video stored as landscape comes out portrait here as it does there.
+    """
+    side = frame.side_data.get("DISPLAYMATRIX")
+    if side is None:
+        return UPRIGHT
+    m = np.frombuffer(bytes(side), dtype=np.int32, count=9).astype(np.float64) / 65536.0
+    a, b, c, d = m[0], m[1], m[3], m[4]
+    if abs(a) + abs(d) >= abs(b) + abs(c):
+        return (False, bool(d < 0), bool(a < 0))
+    # axes swap: the output row is the source column (q' = b·p), the output column the row
+    return (True, bool(b < 0), bool(c < 0))
+
+
+def apply_orientation(image: np.ndarray, turn: Orientation) -> np.ndarray:
+    """``image`` ``[H, W, C]`` turned by ``turn`` (see :func:`orientation`), contiguous."""
+    if turn == UPRIGHT:
+        return image
+    transpose, flip_rows, flip_cols = turn
+    if transpose:
+        image = image.transpose(1, 0, 2)
+    if flip_rows:
+        image = image[::-1]
+    if flip_cols:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image)
+
+
+class _Converter:
+    """Turns decoded frames into upright uint8 RGB arrays of one size, resizing in swscale.
+
+    The output size is ``size`` (height, width) as displayed, or the displayed size scaled to
+    short side ``short_side``, or the displayed size. A frame stored sideways is resized to the
+    transposed size, then turned upright (a copy of the small, resized image).
+    """
+
+    def __init__(
+        self, size: tuple[int, int] | None, interpolation: str, short_side: int | None = None
+    ) -> None:
+        if size is not None and short_side is not None:
+            raise ValueError("give the output size or its short side, not both")
         self.size = size
+        self.short_side = short_side
         self.interpolation = interpolation
         self.reformatter = VideoReformatter()  # keeps its swscale context between frames
+        self.turn = UPRIGHT  # of the last frame converted
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        height, width = self.size if self.size is not None else (frame.height, frame.width)
+        self.turn = turn = orientation(frame)
+        shown = (frame.width, frame.height) if turn[0] else (frame.height, frame.width)
+        if self.size is not None:
+            shown = self.size
+        elif self.short_side is not None:
+            shown = short_side_size(shown[0], shown[1], self.short_side)
+        height, width = (shown[1], shown[0]) if turn[0] else shown
         rgb = self.reformatter.reformat(
             frame,
             width=width,
@@ -270,7 +327,7 @@ class _Converter:
             interpolation=self.interpolation,
             threads=1,
         )
-        return rgb.to_ndarray()
+        return apply_orientation(rgb.to_ndarray(), turn)
 
 
 def _plan_runs(index: VideoIndex, wanted: np.ndarray) -> list[tuple[int, list[int]]]:
@@ -401,6 +458,14 @@ class VideoReader:
             self._stack.close()  # a bad file must not leave its container open
             raise
         self.index = index
+        self.orientation = UPRIGHT  # learnt from the frames: known after a call to frames()
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """``(height, width)`` as shown: the stored size, transposed for a sideways video
+        (known once :meth:`frames` has run)."""
+        h, w = self.index.height, self.index.width
+        return (w, h) if self.orientation[0] else (h, w)
 
     def __enter__(self) -> VideoReader:
         return self
@@ -416,6 +481,7 @@ class VideoReader:
         indices: Sequence[int] | np.ndarray,
         size: tuple[int, int] | None = None,
         *,
+        short_side: int | None = None,
         interpolation: str = INTERPOLATION,
         skip_nonref: bool = True,
         stats: DecodeStats | None = None,
@@ -426,7 +492,9 @@ class VideoReader:
             raise ValueError("decoding needs at least one frame index")
         wanted, inverse = np.unique(idx, return_inverse=True)
         stats = stats if stats is not None else DecodeStats()
-        frames = self._decode(wanted, _Converter(size, interpolation), skip_nonref, stats)
+        convert = _Converter(size, interpolation, short_side)
+        frames = self._decode(wanted, convert, skip_nonref, stats)
+        self.orientation = convert.turn
         stats.frames_converted += len(wanted)
         first = frames[int(wanted[0])]
         assert first is not None
@@ -486,6 +554,7 @@ def decode_frames(
     indices: Sequence[int] | np.ndarray,
     size: tuple[int, int] | None = None,
     *,
+    short_side: int | None = None,
     interpolation: str = INTERPOLATION,
     skip_nonref: bool = True,
     stats: DecodeStats | None = None,
@@ -493,22 +562,26 @@ def decode_frames(
     """Decode frames ``indices`` of ``path`` as uint8 RGB ``[len(indices), H, W, 3]``.
 
     Indices are clamped to ``[0, num_frames - 1]`` and may repeat or come in any order; each
-    distinct frame is decoded and converted once. ``size`` is ``(height, width)`` of the output
-    (resized during RGB conversion with swscale ``interpolation``), or ``None`` for the native
-    size. ``skip_nonref=False`` disables the non-reference-frame skipping (for comparisons).
+    distinct frame is decoded and converted once. Frames come upright, turned as the video's
+    display matrix says (see :func:`orientation`). ``size`` is ``(height, width)`` of the
+    output as displayed, or ``short_side`` its short side with the aspect ratio kept (resized
+    during RGB conversion with swscale ``interpolation``); neither: the displayed native size.
+    ``skip_nonref=False`` disables the non-reference-frame skipping (for comparisons).
     """
     with open_video(path) as video:
-        return video.frames(
-            indices, size, interpolation=interpolation, skip_nonref=skip_nonref, stats=stats
-        )
+        return video.frames(indices, size, short_side=short_side, interpolation=interpolation,
+                            skip_nonref=skip_nonref, stats=stats)  # fmt: skip
 
 
 def decode_all(
     path: str | os.PathLike,
     size: tuple[int, int] | None = None,
     *,
+    short_side: int | None = None,
     interpolation: str = INTERPOLATION,
 ) -> np.ndarray:
-    """Every frame of a (short) video as uint8 RGB ``[N, H, W, 3]``, for in-memory caching."""
+    """Every frame of a (short) video as upright uint8 RGB ``[N, H, W, 3]``, for in-memory
+    caching; ``size`` and ``short_side`` as in :func:`decode_frames`."""
     with open_video(path) as video:
-        return video.frames(np.arange(video.index.num_frames), size, interpolation=interpolation)
+        return video.frames(np.arange(video.index.num_frames), size, short_side=short_side,
+                            interpolation=interpolation)  # fmt: skip

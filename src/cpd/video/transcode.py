@@ -10,7 +10,9 @@ are cut by frame count at their nominal rate instead.
 
 Size. Like the official preprocessing, the short side becomes ``short_side`` also when that
 means upscaling (the training clips' scale jitter assumes that input size); ``upscale=False``
-keeps smaller videos at their size (rounded down to even dimensions).
+keeps smaller videos at their size (rounded down to even dimensions). A video whose display
+matrix shows it turned (a portrait phone video stored as landscape) is written upright, as
+players and ``ffmpeg`` show it, so its short side is measured upright too.
 
 Sources are opened here rather than through :mod:`cpd.video.decode`: a transcoder streams raw
 frames with their timestamps into an encoder, which the clip reader (RGB arrays of chosen
@@ -19,6 +21,7 @@ frames) does not offer. :mod:`cpd.data.prepare` runs this over many videos.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -177,7 +180,7 @@ def _kept_frames(plan: _Plan, seek: bool) -> Iterable[tuple[Any, int]]:
 
 @dataclass(frozen=True)
 class _Plan:
-    """What :func:`transcode` decided before decoding: which frames, their clock, the size."""
+    """What :func:`transcode` decided before decoding: which frames and their clock."""
 
     source: str
     window: tuple | None  # [start, end) in the source's timestamp units; None keeps all
@@ -185,7 +188,6 @@ class _Plan:
     by_pts: bool  # timestamps are packet pts (else frame numbers)
     time_base: Fraction
     rate: Fraction
-    size: tuple[int, int]
 
 
 def transcode(source: str | Path, dest: str | Path, settings: PrepareSettings) -> dict[str, Any]:
@@ -200,7 +202,6 @@ def transcode(source: str | Path, dest: str | Path, settings: PrepareSettings) -
     kept = [p for p in pts if window is None or window[0] <= p < window[1]]
     with _open_source(source) as container:
         stream = container.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
         rate = stream.average_rate or stream.guessed_rate
     if len(kept) > 1:
         # the header's rate unless the timestamps say otherwise (variable frame rate, none)
@@ -208,13 +209,12 @@ def transcode(source: str | Path, dest: str | Path, settings: PrepareSettings) -
         if not rate or not by_pts or abs(rate / measured - 1) > 0.005:
             rate = measured
     rate = Fraction(rate or 30).limit_denominator(1001)
-    size = output_size(width, height, settings.short_side, settings.upscale)
-    plan = _Plan(source, window, kept[0], by_pts, time_base, rate, size)
+    plan = _Plan(source, window, kept[0], by_pts, time_base, rate)
     try:
         # seek only when the segment starts after the first frame; a late landing is detected
-        frames = _encode(plan, dest, settings, seek=by_pts and kept[0] > pts[0])
+        frames, size = _encode(plan, dest, settings, seek=by_pts and kept[0] > pts[0])
     except _SeekMissed:
-        frames = _encode(plan, dest, settings, seek=False)
+        frames, size = _encode(plan, dest, settings, seek=False)
     if frames == 0:
         raise VideoDecodeError(source, "no frame of the middle segment could be decoded")
     return {
@@ -227,32 +227,61 @@ def transcode(source: str | Path, dest: str | Path, settings: PrepareSettings) -
     }
 
 
-def _encode(plan: _Plan, dest: str | Path, settings: PrepareSettings, seek: bool) -> int:
-    """Decode the kept frames of the source and encode them into ``dest``; returns the count."""
+def _encode(plan: _Plan, dest: str | Path, settings: PrepareSettings, seek: bool) -> tuple:
+    """Decode the kept frames of the source and encode them, upright, into ``dest``.
+
+    Returns ``(frames written, (width, height))``. The size is fixed at the first frame: only
+    a decoded frame tells whether a display matrix shows the video turned (phone videos); such
+    frames are turned upright here, so the output needs no matrix.
+    """
     import av
     from av.video.reformatter import VideoReformatter
 
+    from cpd.video.decode import UPRIGHT, apply_orientation, orientation
+
     scaler = VideoReformatter()  # keeps its swscale context from frame to frame
-    width, height = plan.size
-    with av.open(os.fspath(dest), mode="w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=plan.rate)
-        stream.width, stream.height = width, height
-        stream.pix_fmt = "yuv420p"
-        # frames keep the source's timestamps (variable frame rate survives)
-        stream.time_base = stream.codec_context.time_base = plan.time_base
-        stream.codec_context.thread_count = 1  # one process per core already; deterministic
-        gop = max(1, round(float(plan.rate) * settings.keyframe_seconds))
-        stream.options = {"crf": str(settings.crf), "preset": settings.preset, "g": str(gop)}
-        count, last = 0, None
+    count, last, size = 0, None, (0, 0)
+    with contextlib.ExitStack() as stack:
+        out = stream = None
         for frame, ts in _kept_frames(plan, seek):
             if last is not None and ts <= last:
                 continue  # a repeated timestamp: the muxer needs strictly increasing ones
-            image = scaler.reformat(frame, width=width, height=height, format="yuv420p",
-                                    interpolation="BICUBIC", threads=1)  # fmt: skip
+            turn = orientation(frame)
+            if stream is None:
+                shown = (frame.height, frame.width) if turn[0] else (frame.width, frame.height)
+                size = output_size(*shown, settings.short_side, settings.upscale)
+                out = stack.enter_context(av.open(os.fspath(dest), mode="w", format="mp4"))
+                stream = _output_stream(out, plan, settings, size)
+            width, height = (size[1], size[0]) if turn[0] else size
+            if turn == UPRIGHT:
+                image = scaler.reformat(frame, width=width, height=height, format="yuv420p",
+                                        interpolation="BICUBIC", threads=1)  # fmt: skip
+            else:
+                rgb = scaler.reformat(frame, width=width, height=height, format="rgb24",
+                                      interpolation="BICUBIC", threads=1)  # fmt: skip
+                upright = apply_orientation(rgb.to_ndarray(), turn)
+                image = av.VideoFrame.from_ndarray(upright, format="rgb24").reformat(
+                    format="yuv420p", threads=1
+                )
             image.pts, image.time_base = int(ts - plan.first), plan.time_base
             for packet in stream.encode(image):
                 out.mux(packet)
             count, last = count + 1, ts
-        for packet in stream.encode():
-            out.mux(packet)
-    return count
+        if stream is not None:
+            for packet in stream.encode():
+                out.mux(packet)
+    return count, size
+
+
+def _output_stream(out: Any, plan: _Plan, settings: PrepareSettings, size: tuple) -> Any:
+    """The H.264 stream of ``out``: ``size`` (width, height), the source's clock, one GOP a
+    ``keyframe_seconds``."""
+    stream = out.add_stream("libx264", rate=plan.rate)
+    stream.width, stream.height = size
+    stream.pix_fmt = "yuv420p"
+    # frames keep the source's timestamps (variable frame rate survives)
+    stream.time_base = stream.codec_context.time_base = plan.time_base
+    stream.codec_context.thread_count = 1  # one process per core already; deterministic
+    gop = max(1, round(float(plan.rate) * settings.keyframe_seconds))
+    stream.options = {"crf": str(settings.crf), "preset": settings.preset, "g": str(gop)}
+    return stream
