@@ -141,7 +141,8 @@ def test_duplicate_indices_update_once_with_mean_feature():
 
 def test_update_memory_false_leaves_banks_then_manual_update_matches():
     auto, manual = make(), make()
-    video, text, idx = unit(2, 1), unit(2, 2), torch.tensor([3, 4])
+    # 4 x (1 + K) = 28 rows > N: the deferred update lets the loss score the whole bank
+    video, text, idx = unit(4, 1), unit(4, 2), torch.tensor([3, 4, 9, 12])
     out_a = auto(video, text, idx, generator=gen())
     before = manual.video_bank.memory.clone()
     out_m = manual(video, text, idx, generator=gen(), update_memory=False)
@@ -149,7 +150,8 @@ def test_update_memory_false_leaves_banks_then_manual_update_matches():
     manual.update_memory(video, text, idx)
     assert torch.equal(manual.video_bank.memory, auto.video_bank.memory)
     assert torch.equal(manual.text_bank.memory, auto.text_bank.memory)
-    assert float(out_a["loss"]) == float(out_m["loss"])
+    for key, value in out_a.items():
+        assert float(out_m[key]) == pytest.approx(float(value), rel=1e-6), key
 
 
 def test_gradients_reach_features_not_banks():
@@ -251,3 +253,31 @@ def test_from_official_checkpoint():
     del ckpt["state_dict"]["module.Z_t"]
     with pytest.raises(CheckpointError, match="Z_t"):
         MemoryBankNCELoss.from_official(ckpt)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("num_rows", [3, 40])  # 4·3 rows < N = 20 gathers; 4·40 > N scores all
+def test_bank_scores_equal_row_dot_products_both_ways(dtype, num_rows):
+    from cpd.losses.memory_bank import MemoryBank
+
+    bank = MemoryBank(N, D, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    rows = torch.randint(N, (4, num_rows), generator=torch.Generator().manual_seed(1))
+    query = unit(4, 3, requires_grad=True)
+    got = bank.scores(rows, query)
+    table = bank.memory.float()
+    want = torch.stack([table[rows[b]] @ query[b] for b in range(4)])
+    assert got.dtype == torch.float32 and got.shape == (4, num_rows)
+    assert torch.allclose(got, want, atol=1e-6)
+    weights = torch.randn(4, num_rows, generator=torch.Generator().manual_seed(2))
+    (grad,) = torch.autograd.grad((got * weights).sum(), query)
+    (grad_want,) = torch.autograd.grad((want * weights).sum(), query)
+    assert torch.allclose(grad, grad_want, atol=1e-5)
+    assert not bank.memory.requires_grad
+    if num_rows == 40 and dtype == torch.float32:
+        # the dense way reads the bank in backward: changing it first is refused, not wrong
+        got = bank.scores(rows, query)
+        bank.update(torch.tensor([0]), unit(1, 4), 0.5)
+        with pytest.raises(RuntimeError, match="inplace"):
+            got.sum().backward()
+        assert torch.allclose(bank.scores(rows, query, allow_dense=False), bank.scores(rows, query),
+                              atol=1e-6)  # fmt: skip

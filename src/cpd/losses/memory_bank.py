@@ -111,6 +111,25 @@ class MemoryBank(nn.Module):
         rows = self.memory.index_select(0, indices.reshape(-1))
         return rows.float().view(*indices.shape, self.dim)
 
+    def scores(
+        self, rows: torch.Tensor, query: torch.Tensor, *, allow_dense: bool = True
+    ) -> torch.Tensor:
+        """Dot products ``<memory[rows[b, j]], query[b]>`` as fp32 ``[B, J]``.
+
+        ``rows`` is ``[B, J]``, ``query`` ``[B, D]``; gradients flow to ``query`` only. Of two
+        equal ways (up to float rounding), the one that moves less memory runs: gather the
+        ``B·J`` rows and take dot products, or score every row once (one ``[B, N]`` matrix
+        product) and pick the ``B·J`` entries. The second wins when ``N < B·J``, as with CPD's
+        16384 negatives for each sample of a batch: it reads the bank instead of writing and
+        reading ``B·J`` row copies (537 MB per bank at B = 32, N = 300k). Its backward pass
+        reads the bank itself, so pass ``allow_dense=False`` if the bank is updated before the
+        backward pass (autograd would refuse the changed bank).
+        """
+        q = query.float()
+        if allow_dense and self.num_data < rows.numel():
+            return torch.mm(q, self.memory.float().t()).gather(1, rows)
+        return torch.bmm(self.gather(rows), q.unsqueeze(2)).squeeze(2)
+
     @torch.no_grad()
     def update(self, indices: torch.Tensor, features: torch.Tensor, momentum: float) -> None:
         """``row = normalize(momentum·row + (1 − momentum)·feature)`` for each index.

@@ -151,10 +151,10 @@ class MemoryBankNCELoss(nn.Module):
         self._check_batch(video, text, idx)
         n, k, temp = self.num_data, self.num_negatives, self.temperature
         rows = sample_indices(idx, n, k, generator)  # [B, 1 + K]
-        v, t = video.float(), text.float()
-        # bmm on explicit shapes: no squeeze() that would drop a batch of one.
-        score_v = torch.bmm(self.text_bank.gather(rows), v.unsqueeze(2)).squeeze(2) / temp
-        score_t = torch.bmm(self.video_bank.gather(rows), t.unsqueeze(2)).squeeze(2) / temp
+        t = text.float()
+        # scoring the whole bank keeps it for backward: only when the update comes later
+        score_v = self.text_bank.scores(rows, video, allow_dense=not update_memory) / temp
+        score_t = self.video_bank.scores(rows, text, allow_dense=not update_memory) / temp
         if not self._z_ready:
             if not self.z_is_set:
                 self._set_z(score_v, score_t)
