@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cpd.cli import main
 
 
@@ -19,3 +21,8 @@ def test_bench_step_prints_one_json_line(capsys):
     assert result["step_s"] > 0 and result["baseline_step_s"] > 0
     assert result["speedup"] == round(result["baseline_step_s"] / result["step_s"], 3)
     assert result["amp"] in ("fp32", "bfloat16")
+    # r3d10 on 2 x 4 x 32 x 32: forward and backward arithmetic counted from the shapes
+    assert 0 < result["video_gflop"] < 10
+    assert result["video_gflops_per_s"] == pytest.approx(
+        result["video_gflop"] / result["step_s"], rel=0.05, abs=0.1
+    )

@@ -15,7 +15,9 @@ cpd bench load VIDEO... [--clips N] [--num-frames 8 --stride 4 --crop-size 112]
 cpd bench step [--arch r3d50 --batch-size 4 --num-frames 8 --crop-size 112] [--device cuda]
     Median seconds of a full pretraining optimizer step (stage I, memory-bank NCE), as
     ``step_s`` (channels-last, bf16 autocast where supported, cached frozen text features) and
-    ``baseline_step_s`` (the official way: fp32, contiguous, text encoder run every step).
+    ``baseline_step_s`` (the official way: fp32, contiguous, text encoder run every step);
+    ``video_gflop`` is the video encoder's forward + backward arithmetic per step and
+    ``video_gflops_per_s`` the rate our step achieves on it (compare with the machine's peak).
 cpd bench load --make-sample sample.mp4
     Write the reference input first (640x272, 30 fps, 10 s, x264 with B-frames, moving
     shapes over a panning textured background) and bench it.

@@ -8,7 +8,9 @@ Both measurements run in the same process on the same weights, data and loss:
   encoder run on every step over captions zero-padded to 64 tokens without attention mask.
 
 Video forward + backward, memory-bank NCE with K negatives, clipping, SGD step and bank update
-are identical in both. Reported: medians over ``steps`` after ``warmup`` steps.
+are identical in both. Reported: medians over ``steps`` after ``warmup`` steps, and the video
+encoder's forward + backward arithmetic (``video_gflop``) with the rate our step achieves on it
+(``video_gflops_per_s``): a step cannot beat ``video_gflop`` over the machine's peak.
 """
 
 from __future__ import annotations
@@ -44,6 +46,22 @@ def default_amp_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_native_bf16() else None
+
+
+def video_gflop(arch: str, batch_size: int, num_frames: int, crop_size: int) -> float:
+    """GFLOP of the video encoder's forward and backward on one batch (a multiply-add is
+    two), counted on the meta device: shapes only, no arithmetic. The floor of a step's time
+    is this over the machine's best convolution throughput."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cpd.models.resnet3d import create_resnet3d
+
+    with torch.device("meta"):
+        encoder = create_resnet3d(arch)
+        clips = torch.empty(batch_size, 3, num_frames, crop_size, crop_size)
+    with FlopCounterMode(display=False) as counter:
+        encoder.forward_features(clips).sum().backward()
+    return counter.get_total_flops() / 1e9
 
 
 def _timed_steps(run_step: Any, steps: int, warmup: int, device: torch.device) -> list[float]:
@@ -146,6 +164,10 @@ def bench_step(
         "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "step_s": round(statistics.median(fast_times), 4),
     }
+    # the video network's arithmetic, and the rate our step runs it at: the floor argument
+    gflop = video_gflop(arch, batch_size, num_frames, crop_size)
+    result["video_gflop"] = round(gflop, 1)
+    result["video_gflops_per_s"] = round(gflop / result["step_s"], 1)
     if baseline:
         base_times = measure(fast=False)
         result["baseline_step_s"] = round(statistics.median(base_times), 4)
