@@ -152,6 +152,9 @@ def test_update_memory_false_leaves_banks_then_manual_update_matches():
     assert torch.equal(manual.text_bank.memory, auto.text_bank.memory)
     for key, value in out_a.items():
         assert float(out_m[key]) == pytest.approx(float(value), rel=1e-6), key
+    gathered = make(dense_scores=False)  # the official way: always gather the sampled rows
+    out_g = gathered(video, text, idx, generator=gen(), update_memory=False)
+    assert float(out_g["loss"]) == pytest.approx(float(out_m["loss"]), rel=1e-6)
 
 
 def test_gradients_reach_features_not_banks():

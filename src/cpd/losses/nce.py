@@ -64,6 +64,9 @@ class MemoryBankNCELoss(nn.Module):
         bank_dtype: bank storage type (float32, float16, bfloat16); scores are fp32.
         seed: seeds the bank initialisation; must be the same on all ranks.
         group: process group for the Z average and the bank update (default group if None).
+        dense_scores: score the whole bank in one matrix product where that moves less memory
+            than gathering the sampled rows (see :meth:`MemoryBank.scores`); False always
+            gathers, as the official code does.
 
     ``state_dict()`` holds ``video_bank.memory``, ``text_bank.memory``, ``z_video``, ``z_text``
     (``-1`` while Z is not set yet): everything needed to resume. The module has no parameters.
@@ -80,6 +83,7 @@ class MemoryBankNCELoss(nn.Module):
         bank_dtype: torch.dtype = torch.float32,
         seed: int = 0,
         group: Any = None,
+        dense_scores: bool = True,
     ) -> None:
         super().__init__()
         if num_negatives < 1:
@@ -92,6 +96,7 @@ class MemoryBankNCELoss(nn.Module):
         self.temperature = temperature
         self.momentum = momentum
         self.group = group
+        self.dense_scores = dense_scores
         self.video_bank = MemoryBank(
             num_data,
             dim,
@@ -153,8 +158,9 @@ class MemoryBankNCELoss(nn.Module):
         rows = sample_indices(idx, n, k, generator)  # [B, 1 + K]
         t = text.float()
         # scoring the whole bank keeps it for backward: only when the update comes later
-        score_v = self.text_bank.scores(rows, video, allow_dense=not update_memory) / temp
-        score_t = self.video_bank.scores(rows, text, allow_dense=not update_memory) / temp
+        dense = self.dense_scores and not update_memory
+        score_v = self.text_bank.scores(rows, video, allow_dense=dense) / temp
+        score_t = self.video_bank.scores(rows, text, allow_dense=dense) / temp
         if not self._z_ready:
             if not self.z_is_set:
                 self._set_z(score_v, score_t)

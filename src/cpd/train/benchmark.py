@@ -5,9 +5,11 @@ Both measurements run in the same process on the same weights, data and loss:
 * ``step_s``: this package's step — channels-last 3D layout, bf16 autocast (CPU with bf16
   support, or CUDA), stage-I text features from the cache (warm: every caption seen once).
 * ``baseline_step_s``: the official code's way — fp32, contiguous layout, the frozen text
-  encoder run on every step over captions zero-padded to 64 tokens without attention mask.
+  encoder run on every step over captions zero-padded to 64 tokens without attention mask,
+  NCE scores from the gathered ``B·(1 + K)`` bank rows (ours scores the whole bank in one
+  matrix product where that moves less memory; the values are equal).
 
-Video forward + backward, memory-bank NCE with K negatives, clipping, SGD step and bank update
+Video forward + backward, the NCE terms with K negatives, clipping, SGD step and bank update
 are identical in both. Reported: medians over ``steps`` after ``warmup`` steps, and the video
 encoder's forward + backward arithmetic (``video_gflop``) with the rate our step achieves on it
 (``video_gflops_per_s``): a step cannot beat ``video_gflop`` over the machine's peak.
@@ -125,7 +127,9 @@ def bench_step(
 
     def measure(fast: bool) -> list[float]:
         model.load_state_dict(init_state)
-        loss_fn = MemoryBankNCELoss(num_data, num_negatives=num_negatives).to(dev)
+        # the official NCE gathers the B x (1 + K) sampled rows of each bank
+        loss_fn = MemoryBankNCELoss(num_data, num_negatives=num_negatives, dense_scores=fast)
+        loss_fn = loss_fn.to(dev)
         trainable = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.SGD(trainable, lr=0.01, momentum=0.9, weight_decay=1e-4)
         fmt = torch.channels_last_3d if fast else torch.contiguous_format
