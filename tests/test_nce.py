@@ -284,3 +284,16 @@ def test_bank_scores_equal_row_dot_products_both_ways(dtype, num_rows):
             got.sum().backward()
         assert torch.allclose(bank.scores(rows, query, allow_dense=False), bank.scores(rows, query),
                               atol=1e-6)  # fmt: skip
+
+
+def test_bank_scores_stay_fp32_under_autocast():
+    from cpd.losses.memory_bank import MemoryBank
+
+    bank = MemoryBank(N, D, generator=torch.Generator().manual_seed(0))
+    query = unit(4, 3)
+    for num_rows in (3, 40):  # both ways
+        rows = torch.randint(N, (4, num_rows), generator=torch.Generator().manual_seed(1))
+        want = bank.scores(rows, query)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = bank.scores(rows, query)
+        assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-6)

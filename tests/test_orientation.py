@@ -108,3 +108,14 @@ def test_prepare_writes_turned_videos_upright(tmp_path: Path):
     assert (frames[0].width, frames[0].height) == (48, 80)
     cells = [read_index(np.rot90(f.to_ndarray(format="rgb24"), k=1)) for f in frames]
     assert cells == list(range(20))
+
+
+def test_prepare_keeps_colours_of_turned_videos(tmp_path: Path):
+    source = write_video(tmp_path / "blocks.mp4", num_frames=4, width=64, height=32,
+                         image=BLOCKS, rotation=90)  # fmt: skip
+    settings = PrepareSettings(seconds=0, short_side=32, preset="ultrafast", crf=10)
+    info = transcode(source, tmp_path / "out.mp4", settings)
+    assert (info["width"], info["height"]) == (32, 64)
+    frames = decode.decode_frames(tmp_path / "out.mp4", [0, 3])
+    error = np.abs(frames.astype(np.int16) - shown(BLOCKS, 90, False).astype(np.int16)).mean()
+    assert error < 8, error

@@ -184,7 +184,8 @@ class FrameCache:
                 with open_video(key) as reader:
                     frames = reader.frames(np.arange(reader.index.num_frames), short_side=short,
                                            interpolation=self.interpolation)  # fmt: skip
-                    height, width = reader.display_size
+                    # native size: what the decoder gave; scaled: the shown aspect ratio
+                    height, width = frames.shape[1:3] if short is None else reader.display_size
             finally:
                 with self._lock:
                     self._reserved -= need

@@ -122,13 +122,16 @@ class MemoryBank(nn.Module):
         product) and pick the ``B·J`` entries. The second wins when ``N < B·J``, as with CPD's
         16384 negatives for each sample of a batch: it reads the bank instead of writing and
         reading ``B·J`` row copies (537 MB per bank at B = 32, N = 300k). Its backward pass
-        reads the bank itself, so pass ``allow_dense=False`` if the bank is updated before the
-        backward pass (autograd would refuse the changed bank).
+        needs the bank as it was: an fp32 bank is kept by reference, so pass
+        ``allow_dense=False`` where the bank is updated before the backward pass (autograd
+        would refuse the changed bank). Scores are fp32 also under autocast: at T = 0.07 a
+        bf16 score would be off by up to 0.03 in the logit.
         """
         q = query.float()
-        if allow_dense and self.num_data < rows.numel():
-            return torch.mm(q, self.memory.float().t()).gather(1, rows)
-        return torch.bmm(self.gather(rows), q.unsqueeze(2)).squeeze(2)
+        with torch.autocast(q.device.type, enabled=False):
+            if allow_dense and self.num_data < rows.numel():
+                return torch.mm(q, self.memory.float().t()).gather(1, rows)
+            return torch.bmm(self.gather(rows), q.unsqueeze(2)).squeeze(2)
 
     @torch.no_grad()
     def update(self, indices: torch.Tensor, features: torch.Tensor, momentum: float) -> None:

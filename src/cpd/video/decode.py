@@ -248,7 +248,8 @@ def _remember(path: str, index: VideoIndex) -> VideoIndex:
 
 
 def probe(path: str | os.PathLike) -> tuple[int, float, int, int]:
-    """``(num_frames, fps, width, height)`` of ``path`` from a packet scan (no decoding)."""
+    """``(num_frames, fps, width, height)`` of ``path`` from a packet scan (no decoding); the
+    size as stored, before any display matrix turns it (see :func:`orientation`)."""
     index = video_index(path)
     return index.num_frames, index.fps, index.width, index.height
 
@@ -297,7 +298,10 @@ class _Converter:
 
     The output size is ``size`` (height, width) as displayed, or the displayed size scaled to
     short side ``short_side``, or the displayed size. A frame stored sideways is resized to the
-    transposed size, then turned upright (a copy of the small, resized image).
+    transposed size, then turned upright (a copy of the small, resized image). The turn of the
+    first frame converted holds for every later one, so that one call's frames always stack:
+    a container's matrix is the same on every frame, but a codec's orientation message may
+    tag only some of them.
     """
 
     def __init__(
@@ -309,10 +313,12 @@ class _Converter:
         self.short_side = short_side
         self.interpolation = interpolation
         self.reformatter = VideoReformatter()  # keeps its swscale context between frames
-        self.turn = UPRIGHT  # of the last frame converted
+        self.turn: Orientation | None = None  # fixed by the first frame converted
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        self.turn = turn = orientation(frame)
+        if self.turn is None:
+            self.turn = orientation(frame)
+        turn = self.turn
         shown = (frame.width, frame.height) if turn[0] else (frame.height, frame.width)
         if self.size is not None:
             shown = self.size
@@ -494,7 +500,7 @@ class VideoReader:
         stats = stats if stats is not None else DecodeStats()
         convert = _Converter(size, interpolation, short_side)
         frames = self._decode(wanted, convert, skip_nonref, stats)
-        self.orientation = convert.turn
+        self.orientation = convert.turn or UPRIGHT
         stats.frames_converted += len(wanted)
         first = frames[int(wanted[0])]
         assert first is not None

@@ -237,7 +237,7 @@ def _encode(plan: _Plan, dest: str | Path, settings: PrepareSettings, seek: bool
     import av
     from av.video.reformatter import VideoReformatter
 
-    from cpd.video.decode import UPRIGHT, apply_orientation, orientation
+    from cpd.video.decode import UPRIGHT, orientation
 
     scaler = VideoReformatter()  # keeps its swscale context from frame to frame
     count, last, size = 0, None, (0, 0)
@@ -253,16 +253,10 @@ def _encode(plan: _Plan, dest: str | Path, settings: PrepareSettings, seek: bool
                 out = stack.enter_context(av.open(os.fspath(dest), mode="w", format="mp4"))
                 stream = _output_stream(out, plan, settings, size)
             width, height = (size[1], size[0]) if turn[0] else size
-            if turn == UPRIGHT:
-                image = scaler.reformat(frame, width=width, height=height, format="yuv420p",
-                                        interpolation="BICUBIC", threads=1)  # fmt: skip
-            else:
-                rgb = scaler.reformat(frame, width=width, height=height, format="rgb24",
-                                      interpolation="BICUBIC", threads=1)  # fmt: skip
-                upright = apply_orientation(rgb.to_ndarray(), turn)
-                image = av.VideoFrame.from_ndarray(upright, format="rgb24").reformat(
-                    format="yuv420p", threads=1
-                )
+            image = scaler.reformat(frame, width=width, height=height, format="yuv420p",
+                                    interpolation="BICUBIC", threads=1)  # fmt: skip
+            if turn != UPRIGHT:
+                image = _turn_yuv420p(image, turn)
             image.pts, image.time_base = int(ts - plan.first), plan.time_base
             for packet in stream.encode(image):
                 out.mux(packet)
@@ -271,6 +265,23 @@ def _encode(plan: _Plan, dest: str | Path, settings: PrepareSettings, seek: bool
             for packet in stream.encode():
                 out.mux(packet)
     return count, size
+
+
+def _turn_yuv420p(image: Any, turn: tuple[bool, bool, bool]) -> Any:
+    """A yuv420p frame turned plane by plane: no trip through RGB, so no colour conversion."""
+    import av
+    import numpy as np
+
+    from cpd.video.decode import apply_orientation
+
+    packed = image.to_ndarray()  # [h * 3 / 2, w]: the Y plane, then U and V of h/2 x w/2 each
+    h, w = image.height, image.width
+    planes = (packed[:h], packed[h : h + h // 4].reshape(h // 2, w // 2),
+              packed[h + h // 4 :].reshape(h // 2, w // 2))  # fmt: skip
+    turned = [apply_orientation(p[..., None], turn)[..., 0] for p in planes]
+    out_w = turned[0].shape[1]
+    packed = np.concatenate([p.reshape(-1) for p in turned]).reshape(-1, out_w)
+    return av.VideoFrame.from_ndarray(packed, format="yuv420p")
 
 
 def _output_stream(out: Any, plan: _Plan, settings: PrepareSettings, size: tuple) -> Any:
