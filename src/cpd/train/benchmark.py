@@ -50,16 +50,16 @@ def default_amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
-def video_gflop(arch: str, batch_size: int, num_frames: int, crop_size: int) -> float:
+def video_gflop(config: ModelConfig, batch_size: int, num_frames: int, crop_size: int) -> float:
     """GFLOP of the video encoder's forward and backward on one batch (a multiply-add is
     two), counted on the meta device: shapes only, no arithmetic. The floor of a step's time
     is this over the machine's best convolution throughput."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cpd.models.resnet3d import create_resnet3d
+    from cpd.models.cpd import build_video_model
 
     with torch.device("meta"):
-        encoder = create_resnet3d(arch)
+        encoder = build_video_model(config)
         clips = torch.empty(batch_size, 3, num_frames, crop_size, crop_size)
     with FlopCounterMode(display=False) as counter:
         encoder.forward_features(clips).sum().backward()
@@ -169,7 +169,7 @@ def bench_step(
         "step_s": round(statistics.median(fast_times), 4),
     }
     # the video network's arithmetic, and the rate our step runs it at: the floor argument
-    gflop = video_gflop(arch, batch_size, num_frames, crop_size)
+    gflop = video_gflop(config, batch_size, num_frames, crop_size)
     result["video_gflop"] = round(gflop, 1)
     result["video_gflops_per_s"] = round(gflop / result["step_s"], 1)
     if baseline:
