@@ -194,3 +194,15 @@ def test_truncated_mkv_tail_still_gives_clamped_frames(tmp_path):
     got = decode.decode_frames(dst, [0, n // 2, 59])
     assert [read_index(f) for f in got[:2]] == [0, n // 2]
     assert read_index(got[2]) >= n - 3  # the last frame that decodes, repeated
+
+
+def test_resolution_change_midstream_gives_frames_of_the_first_size(tmp_path):
+    # two raw H.264 streams back to back: the decoder meets a new size at frame 10
+    first = write_video(tmp_path / "a.h264", num_frames=10, width=160, height=96)
+    second = write_video(tmp_path / "b.h264", num_frames=10, width=128, height=128)
+    joined = tmp_path / "ab.h264"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    frames = decode.decode_frames(joined, [0, 5, 12, 19], short_side=48)
+    assert frames.shape == (4, 48, 80, 3)
+    assert [read_index(f) for f in frames] == [0, 5, 2, 9]  # the second stream counts anew
+    assert decode.decode_frames(joined, [3, 15]).shape == (2, 96, 160, 3)

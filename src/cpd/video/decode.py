@@ -298,10 +298,10 @@ class _Converter:
 
     The output size is ``size`` (height, width) as displayed, or the displayed size scaled to
     short side ``short_side``, or the displayed size. A frame stored sideways is resized to the
-    transposed size, then turned upright (a copy of the small, resized image). The turn of the
-    first frame converted holds for every later one, so that one call's frames always stack:
-    a container's matrix is the same on every frame, but a codec's orientation message may
-    tag only some of them.
+    transposed size, then turned upright (a copy of the small, resized image). The first frame
+    converted fixes the turn and the output size for every later one, so that one call's
+    frames always stack: a container's matrix is the same on every frame, but a codec's
+    orientation message may tag only some of them, and a stream may change resolution.
     """
 
     def __init__(
@@ -318,13 +318,13 @@ class _Converter:
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         if self.turn is None:
             self.turn = orientation(frame)
-        turn = self.turn
-        shown = (frame.width, frame.height) if turn[0] else (frame.height, frame.width)
-        if self.size is not None:
-            shown = self.size
-        elif self.short_side is not None:
-            shown = short_side_size(shown[0], shown[1], self.short_side)
-        height, width = (shown[1], shown[0]) if turn[0] else shown
+            shown = (frame.width, frame.height) if self.turn[0] else (frame.height, frame.width)
+            if self.size is None:
+                short = self.short_side
+                self.size = shown if short is None else short_side_size(*shown, short)
+        turn, size = self.turn, self.size
+        assert size is not None
+        height, width = (size[1], size[0]) if turn[0] else size
         rgb = self.reformatter.reformat(
             frame,
             width=width,
