@@ -240,14 +240,14 @@ def _encode(plan: _Plan, dest: str | Path, settings: PrepareSettings, seek: bool
     from cpd.video.decode import UPRIGHT, orientation
 
     scaler = VideoReformatter()  # keeps its swscale context from frame to frame
-    count, last, size = 0, None, (0, 0)
+    count, last, size, turn = 0, None, (0, 0), UPRIGHT
     with contextlib.ExitStack() as stack:
         out = stream = None
         for frame, ts in _kept_frames(plan, seek):
             if last is not None and ts <= last:
                 continue  # a repeated timestamp: the muxer needs strictly increasing ones
-            turn = orientation(frame)
-            if stream is None:
+            if stream is None:  # the first frame fixes the turn, as in cpd.video.decode
+                turn = orientation(frame)
                 shown = (frame.height, frame.width) if turn[0] else (frame.width, frame.height)
                 size = output_size(*shown, settings.short_side, settings.upscale)
                 out = stack.enter_context(av.open(os.fspath(dest), mode="w", format="mp4"))
