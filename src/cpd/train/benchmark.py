@@ -170,8 +170,8 @@ def bench_step(
     }
     # the video network's arithmetic, and the rate our step runs it at: the floor argument
     gflop = video_gflop(config, batch_size, num_frames, crop_size)
-    result["video_gflop"] = round(gflop, 1)
-    result["video_gflops_per_s"] = round(gflop / result["step_s"], 1)
+    result["video_gflop"] = round(gflop, 3)
+    result["video_gflops_per_s"] = round(gflop / result["step_s"], 2)
     if baseline:
         base_times = measure(fast=False)
         result["baseline_step_s"] = round(statistics.median(base_times), 4)
