@@ -1,4 +1,5 @@
-"""What ``cpd pretrain`` and ``cpd finetune`` share: config resolution, exit statuses, logging."""
+"""What ``cpd pretrain``, ``cpd finetune`` and ``cpd demo`` share: config resolution, exit
+statuses, logging."""
 
 from __future__ import annotations
 
@@ -9,6 +10,19 @@ import signal
 import sys
 from collections.abc import Callable
 from typing import Any
+
+
+def stopped_status(exc: Exception) -> int:
+    """Exit status of a run a signal stopped (a ``TrainingInterrupted``): 128 + its number."""
+    return 128 + int(getattr(signal, getattr(exc, "signal_name", ""), signal.SIGTERM))
+
+
+def error_status(command: str, exc: Exception) -> int:
+    """Print ``cpd COMMAND: exc`` on stderr; the exit status: 2 for bad settings, else 1."""
+    from cpd.config import ConfigError
+
+    print(f"cpd {command}: {exc}", file=sys.stderr)
+    return 2 if isinstance(exc, ConfigError) else 1
 
 
 def run_training(
@@ -25,7 +39,7 @@ def run_training(
     """
     import yaml
 
-    from cpd.config import ConfigError, to_dict
+    from cpd.config import to_dict
     from cpd.errors import CPDError
     from cpd.train.run import TrainingInterrupted
 
@@ -45,11 +59,7 @@ def run_training(
     except TrainingInterrupted as exc:
         if main_rank:  # the process group is gone by now: only rank 0 speaks
             print(f"cpd {name}: {exc}", file=sys.stderr)
-        return 128 + int(getattr(signal, exc.signal_name, signal.SIGTERM))
-    except ConfigError as exc:
-        print(f"cpd {name}: {exc}", file=sys.stderr)
-        return 2
+        return stopped_status(exc)
     except CPDError as exc:
-        print(f"cpd {name}: {exc}", file=sys.stderr)
-        return 1
+        return error_status(name, exc)
     return 0

@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; see the module docstring for the exit statuses."""
-    from cpd.config import ConfigError
+    from cpd.commands._training import error_status, stopped_status
     from cpd.demo import DemoSettings, run_demo
     from cpd.errors import CPDError
     from cpd.train.run import TrainingInterrupted
@@ -88,14 +88,10 @@ def run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         print(f"cpd demo: {exc}\ncpd demo: rerun `cpd demo {args.out}` to continue",
               file=sys.stderr)  # fmt: skip
-        return 128 + int(getattr(signal, exc.signal_name, signal.SIGTERM))
+        return stopped_status(exc)
     except KeyboardInterrupt:  # outside pretraining, which stops with a checkpoint itself
         print(f"cpd demo: interrupted; rerun `cpd demo {args.out}` to continue", file=sys.stderr)
         return 128 + signal.SIGINT
-    except ConfigError as exc:
-        print(f"cpd demo: {exc}", file=sys.stderr)
-        return 2
     except CPDError as exc:
-        print(f"cpd demo: {exc}", file=sys.stderr)
-        return 1
+        return error_status("demo", exc)
     return 0
