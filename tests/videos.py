@@ -111,3 +111,56 @@ def write_video(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def write_sar_video(
+    path: str | Path,
+    sar: Fraction,
+    carrier: str = "both",
+    num_frames: int = 12,
+    fps: float | Fraction = 30,
+    width: int = 96,
+    height: int = 64,
+    bframes: int = 2,
+    gop: int = 12,
+    texture: bool = False,
+    rotation: int = 0,
+    image: np.ndarray | None = None,
+) -> Path:
+    """Write ``num_frames`` index frames (or ``image``) as H.264 with non-square pixels.
+
+    The stored frames are ``width`` x ``height``; a player shows them ``width * sar`` wide.
+    ``carrier`` says what carries the sample aspect ratio ``sar``: ``"both"`` the codec (the
+    H.264 VUI) and the container (mp4 ``pasp``, mkv display size), as ffmpeg writes it;
+    ``"codec"`` the VUI only; ``"container"`` the container only (the VUI leaves it unset).
+    ``texture``, ``rotation`` and ``image`` as in :func:`write_video`.
+    """
+    if carrier not in ("both", "codec", "container"):
+        raise ValueError(f"carrier must be both, codec or container, got {carrier!r}")
+    path = Path(path)
+    sar = Fraction(sar)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p"
+        options = {"bf": str(bframes), "g": str(gop), "keyint_min": str(gop),
+                   "sc_threshold": "0", "crf": "18"}  # fmt: skip
+        if carrier != "both":
+            # x264's own VUI setting ("0/0": unset), after the encoder context's value
+            vui = f"{sar.numerator}/{sar.denominator}" if carrier == "codec" else "0/0"
+            options["x264-params"] = f"sar={vui}"
+        stream.options = options
+        if carrier != "codec":
+            stream.codec_context.sample_aspect_ratio = sar  # what the muxer writes
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for i in range(num_frames):
+            pixels = index_frame(i, width, height) if image is None else image
+            if texture:
+                noise = np.random.default_rng(i).integers(-25, 26, (height, width, 1))
+                pixels = (pixels.astype(np.int16) + noise).clip(0, 255).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

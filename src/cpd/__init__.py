@@ -19,6 +19,7 @@ _EXPORTS: dict[str, str] = {
     # video
     "load_clip": "cpd.video",
     "load_clips": "cpd.video",
+    "VideoBytes": "cpd.video",
     # data
     "CaptionRecord": "cpd.data",
     "ActionRecord": "cpd.data",

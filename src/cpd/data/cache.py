@@ -13,15 +13,20 @@ the size the clip needs — a cached clip equals load_clip's exactly, given the 
 only (a few grey levels; tested).
 
 Geometry follows the *native* size: the clip's resized size is computed from the video's
-native height and width, as load_clip does, not from the cached size, so crop positions (drawn
+native height and width as displayed (square pixels by the sample aspect ratio, turned upright
+by the display matrix), as load_clip does, not from the cached size, so crop positions (drawn
 from the resized size) match load_clip's draw for draw.
+
+Videos are files or :class:`cpd.video.VideoBytes` (in memory, e.g. from a shard), keyed by
+path or by name: a ``VideoBytes`` is decoded once per name, like a path once per path.
 
 Use it as a dataset's loader: ``ActionDataset(..., loader=cache, multiview_loader=
 cache.load_clips)`` or ``VideoCaptionDataset(..., loader=cache)``; both methods take the
 arguments of :func:`cpd.video.load_clip` / :func:`cpd.video.load_clips`.
 
 Memory: :attr:`FrameCache.nbytes` is the bytes of cached frames; a video that would take the
-cache past ``max_bytes`` raises :class:`CacheBudgetError` before it is decoded.
+cache past ``max_bytes`` raises :class:`CacheBudgetError` before its frames are decoded (only
+the first is, to learn the size it is shown at).
 
 Failures: a video that cannot be decoded raises :class:`cpd.errors.VideoDecodeError` (so the
 dataset's failure policy applies), and the failure is remembered: later requests raise the same
@@ -53,7 +58,16 @@ import torch.nn.functional as F
 from cpd.errors import CPDError, VideoDecodeError
 from cpd.video import sampling, transforms
 from cpd.video.clip import plan_clip
-from cpd.video.decode import INTERPOLATION, DecodeStats, open_video, probe
+from cpd.video.decode import (
+    INTERPOLATION,
+    DecodeStats,
+    VideoBytes,
+    VideoSource,
+    display_size,
+    open_video,
+    probe,
+    source_name,
+)
 
 __all__ = ["CacheBudgetError", "CachedVideo", "FrameCache"]
 
@@ -70,7 +84,7 @@ class CachedVideo:
 
     frames: np.ndarray
     fps: float
-    height: int  # native size, which clip geometry is computed from
+    height: int  # native size as displayed, which clip geometry is computed from
     width: int
 
     @property
@@ -94,9 +108,9 @@ class FrameCache:
     """In-memory uint8 frames of whole videos, served as clips; see the module docstring.
 
     Args:
-        short_side: short side of the cached frames (the aspect ratio is kept). ``None`` keeps
-            the native size; a video smaller than ``short_side`` is kept at its native size
-            (never up-scaled in memory).
+        short_side: short side of the cached frames (the displayed aspect ratio is kept).
+            ``None`` keeps the native size as displayed; a video smaller than ``short_side`` is
+            kept at that size (never up-scaled in memory).
         max_bytes: memory budget for cached frames (default 8 GiB); ``None`` for no limit.
         interpolation: swscale algorithm for the one-time decode resize (``"BILINEAR"``, the
             filtered one, by default; ``"FAST_BILINEAR"`` is what load_clip uses in training).
@@ -129,14 +143,16 @@ class FrameCache:
 
     @property
     def failures(self) -> dict[str, str]:
-        """Paths that failed to decode, with the reason (a copy)."""
+        """Paths (or in-memory videos' names) that failed to decode, with the reason (a copy)."""
         return dict(self._failed)
 
     def __len__(self) -> int:
         return len(self._videos)
 
     def __contains__(self, path: object) -> bool:
-        return isinstance(path, (str, os.PathLike)) and os.fspath(path) in self._videos
+        if not isinstance(path, (str, os.PathLike, VideoBytes)):
+            return False
+        return source_name(path) in self._videos
 
     def clear(self) -> None:
         """Drop every cached video and remembered failure."""
@@ -156,32 +172,36 @@ class FrameCache:
 
     # -- filling -------------------------------------------------------------------------
 
-    def get(self, path: str | os.PathLike) -> CachedVideo:
-        """The cached video at ``path``, decoding it first if needed.
+    def get(self, path: VideoSource) -> CachedVideo:
+        """The cached video at ``path`` (a path or :class:`~cpd.video.VideoBytes`, keyed by its
+        name), decoding it first if needed.
 
         Raises :class:`VideoDecodeError` (also for a remembered failure) and
         :class:`CacheBudgetError`.
         """
-        key = os.fspath(path)
+        key = source_name(path)
         video = self._videos.get(key)
         if video is not None:
             return video
         reason = self._failed.get(key)
         if reason is not None:
             raise VideoDecodeError(key, reason)
-        return self._decode(key)
+        return self._decode(path)
 
-    def _decode(self, key: str) -> CachedVideo:
+    def _decode(self, source: VideoSource) -> CachedVideo:
+        key = source_name(source)
         try:
-            num_frames, fps, width, height = probe(key)
+            num_frames, fps, _, _ = probe(source)
+            # the size as shown (sample aspect ratio, display matrix) needs the first frame
+            height, width = display_size(source)
             short = self._cached_short_side(height, width)
             size = (height, width)
             if short is not None:
                 size = transforms.short_side_size(height, width, short)
-            need = num_frames * size[0] * size[1] * 3  # the same for a video shown sideways
+            need = num_frames * size[0] * size[1] * 3
             self._reserve(key, need)
             try:
-                with open_video(key) as reader:
+                with open_video(source) as reader:
                     frames = reader.frames(np.arange(reader.index.num_frames), short_side=short,
                                            interpolation=self.interpolation)  # fmt: skip
                     # native size: what the decoder gave; scaled: the shown aspect ratio
@@ -219,9 +239,10 @@ class FrameCache:
             self._reserved += need
 
     def fill(
-        self, paths: Iterable[str | os.PathLike], *, workers: int = 1, progress: bool = True
+        self, paths: Iterable[VideoSource], *, workers: int = 1, progress: bool = True
     ) -> dict[str, float]:
-        """Decode ``paths`` into the cache now (before DataLoader workers fork).
+        """Decode ``paths`` (paths or :class:`~cpd.video.VideoBytes`) into the cache now (before
+        DataLoader workers fork).
 
         ``workers`` threads decode in parallel (PyAV releases the GIL while decoding). Videos
         that fail are remembered and counted, not raised; a :class:`CacheBudgetError` stops the
@@ -232,19 +253,16 @@ class FrameCache:
 
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        todo, seen = [], set()
+        todo: dict[str, VideoSource] = {}  # by key, first come first kept
         for p in paths:
-            key = os.fspath(p)
-            if key not in seen:
-                seen.add(key)
-                todo.append(key)
-        fresh = [k for k in todo if k not in self._videos and k not in self._failed]
+            todo.setdefault(source_name(p), p)
+        fresh = [p for k, p in todo.items() if k not in self._videos and k not in self._failed]
         start, failed = time.perf_counter(), 0
         bar = tqdm(total=len(fresh), desc="caching frames", unit="video", disable=not progress)
 
-        def one(key: str) -> bool:
+        def one(source: VideoSource) -> bool:
             try:
-                self._decode(key)
+                self._decode(source)
                 return True
             except VideoDecodeError:
                 return False
@@ -288,7 +306,7 @@ class FrameCache:
 
     def __call__(
         self,
-        path: str | os.PathLike,
+        path: VideoSource,
         num_frames: int = 8,
         stride: int = 4,
         crop_size: int = 112,
@@ -321,7 +339,7 @@ class FrameCache:
 
     def load_clips(
         self,
-        path: str | os.PathLike,
+        path: VideoSource,
         num_clips: int = 10,
         num_crops: int = 3,
         num_frames: int = 8,

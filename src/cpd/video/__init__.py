@@ -2,17 +2,22 @@
 
 ``load_clip`` / ``load_clips`` are the entry points; ``decode_frames`` + ``crop_flip_normalize``
 (or ``train_transform`` for cached frames) are the two halves they are built from;
-``decode_all`` decodes a whole short video for in-memory caching; ``probe`` is cheap metadata.
+``decode_all`` decodes a whole short video for in-memory caching; ``probe`` is cheap metadata
+(the stored size), ``display_size`` the size frames are shown at (square pixels, upright). Each
+takes a path or a ``VideoBytes`` (a video held in memory, e.g. a shard's sample).
 """
 
 from cpd.video.clip import load_clip, load_clips
 from cpd.video.decode import (
     DecodeStats,
+    VideoBytes,
     VideoIndex,
     VideoReader,
+    VideoSource,
     clear_index_cache,
     decode_all,
     decode_frames,
+    display_size,
     open_video,
     probe,
     video_index,
@@ -27,13 +32,16 @@ from cpd.video.transforms import (
 
 __all__ = [
     "DecodeStats",
+    "VideoBytes",
     "VideoIndex",
     "VideoReader",
+    "VideoSource",
     "clear_index_cache",
     "crop_flip_normalize",
     "decode_all",
     "decode_frames",
     "default_scale_range",
+    "display_size",
     "load_clip",
     "load_clips",
     "make_generator",

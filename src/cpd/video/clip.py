@@ -1,15 +1,15 @@
-"""``load_clip`` and ``load_clips``: sampling + decoding + transforms for one video file."""
+"""``load_clip`` and ``load_clips``: sampling + decoding + transforms for one video (a file or
+:class:`~cpd.video.decode.VideoBytes`)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from cpd.video import sampling, transforms
-from cpd.video.decode import INTERPOLATION, DecodeStats, open_video
+from cpd.video.decode import INTERPOLATION, DecodeStats, VideoSource, open_video
 
 # Training clips resize with swscale's 2-tap bilinear: 8% faster per clip than the filtered
 # one, and still closer to an area average than the official torch bilinear (mean abs error
@@ -49,7 +49,7 @@ def plan_clip(
 
 
 def load_clip(
-    path: str | os.PathLike,
+    path: VideoSource,
     num_frames: int = 8,
     stride: int = 4,
     crop_size: int = 112,
@@ -65,17 +65,19 @@ def load_clip(
     interpolation: str | None = None,
     stats: DecodeStats | None = None,
 ) -> torch.Tensor:
-    """One normalised clip of ``path`` as float32 ``[3, num_frames, crop_size, crop_size]``.
+    """One normalised clip of ``path`` (a path or :class:`~cpd.video.decode.VideoBytes`) as
+    float32 ``[3, num_frames, crop_size, crop_size]``.
 
     Train mode: a random window of ``num_frames * stride`` frames at ``target_fps``, short side
     scaled to a size drawn from ``scale_range`` (default [128, 170] for 112 crops, [256, 340]
     for 224), a random crop and a horizontal flip with probability ``hflip`` (pass 0 where
     captions name directions). The draws come from ``generator`` if given, else from a
     generator seeded with ``seed`` (fresh OS entropy when ``seed`` is None), so equal seeds and
-    arguments give equal clips. Test mode: the centre window, short side resized to
+    arguments give equal clips. Scales apply to the frames as displayed (square pixels,
+    upright; see :func:`cpd.video.decode.decode_frames`). Test mode: the centre window, short side resized to
     ``crop_size``, the centre crop. ``interpolation`` is the swscale resize algorithm (default
     ``FAST_BILINEAR`` in train mode, ``BILINEAR`` in test mode). Raises
-    :class:`cpd.errors.VideoDecodeError` for bad files.
+    :class:`cpd.errors.VideoDecodeError` for bad videos, naming the path or the name.
     """
     if interpolation is None:
         interpolation = TRAIN_INTERPOLATION if train else INTERPOLATION
@@ -90,7 +92,7 @@ def load_clip(
 
 
 def load_clips(
-    path: str | os.PathLike,
+    path: VideoSource,
     num_clips: int = 10,
     num_crops: int = 3,
     num_frames: int = 8,
@@ -103,10 +105,11 @@ def load_clips(
     interpolation: str = INTERPOLATION,
     stats: DecodeStats | None = None,
 ) -> torch.Tensor:
-    """The multi-view test clips of ``path``: float32 ``[num_clips * num_crops, 3, T, S, S]``.
+    """The multi-view test clips of ``path`` (a path or :class:`~cpd.video.decode.VideoBytes`):
+    float32 ``[num_clips * num_crops, 3, T, S, S]``.
 
-    ``num_clips`` uniformly spaced windows (see :mod:`cpd.video.sampling`), short side resized
-    to ``crop_size``, and ``num_crops`` crops along the long side (left/centre/right for
+    ``num_clips`` uniformly spaced windows (see :mod:`cpd.video.sampling`), short side (of the
+    frames as displayed) resized to ``crop_size``, and ``num_crops`` crops along the long side (left/centre/right for
     landscape, top/centre/bottom for portrait; one crop is the centre). Order is clip-major:
     view ``c * num_crops + j`` is window ``c``, crop ``j``. The union of the frames of all
     windows is decoded once.

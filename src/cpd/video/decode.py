@@ -1,5 +1,9 @@
 """Video decoding with PyAV: the only module of ``cpd`` that opens video files.
 
+Sources. Every function here takes a path or a :class:`VideoBytes` (a video already in
+memory, e.g. one sample of a webdataset shard), and treats both alike: the same index, the same
+seeks, the same frames; errors name the path or the in-memory video's name.
+
 Frame identity. "Frame ``i``" is the i-th frame in presentation order of a full sequential
 decode. Container headers often lack or misstate the frame count (``stream.frames`` is 0 for
 .webm/.mkv and wrong for some .avi/.mp4), so we never use it. Instead :func:`video_index` does
@@ -8,6 +12,8 @@ timestamp (pts), sorted, plus the keyframes. Index ``i`` <-> ``pts[i]`` then hol
 frame rate, variable ones included. The index is cached in-process per (path, size, mtime).
 If packets carry no usable pts (missing or duplicated), or a decode ever disagrees with the
 index, we fall back to counting frames in a full sequential decode, which is the definition.
+In-memory videos are cached per (name, length, CRC-32 of the data): the checksum costs about
+0.1 ms per 500 kB, a fraction of a percent of a clip.
 
 Selective decoding. For the wanted frames we seek to the keyframe before each group of them
 and decode until the last wanted frame's packet is in, then drain the decoder (rather than feed
@@ -20,6 +26,10 @@ Only wanted frames are converted to RGB, and they are resized during that conver
 never as float tensors. One clip costs one ``av.open`` (:class:`VideoReader`), opened without
 FFmpeg's stream probing where the container allows (see :func:`_open_fast`).
 
+Display geometry. Frames come out as players show them: pixels made square by the sample
+aspect ratio (see :func:`sample_aspect_ratio`), then turned by the display matrix (see
+:func:`orientation`). Both are read when a call's first frame is converted.
+
 Decoding is single-threaded (``thread_count = 1``, scaling with ``threads=1``): frame threading
 returns frames late, which breaks the per-packet ``skip_frame`` switch, and threaded decoding
 as configured by the official code hangs with PyAV 18. Every container is closed by ``with``.
@@ -27,11 +37,15 @@ as configured by the official code hangs with PyAV 18. Every container is closed
 
 from __future__ import annotations
 
+import io
 import os
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import TypeAlias
 
 import av
 import numpy as np
@@ -45,6 +59,45 @@ _CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True)
+class VideoBytes:
+    """A video file's contents held in memory, under a name that errors and caches use.
+
+    Accepted wherever ``cpd`` takes a video path (``load_clip``, ``load_clips``,
+    ``decode_frames``, ``probe``, ``FrameCache``, ...), with identical results: e.g. one sample
+    of a webdataset shard, ``VideoBytes(sample["__key__"] + ".mp4", sample["mp4"])``. The name
+    is what a :class:`~cpd.errors.VideoDecodeError` names and what a
+    :class:`~cpd.data.FrameCache` keys the video by; the format is found from the data.
+    """
+
+    name: str
+    data: bytes = field(repr=False)  # a repr never dumps megabytes of video
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"VideoBytes name must be a str, got {type(self.name).__name__}")
+        if not isinstance(self.data, bytes):
+            raise TypeError(f"{self.name}: VideoBytes data must be bytes, got "
+                            f"{type(self.data).__name__}")  # fmt: skip
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# What every reader of this module takes: a path, or a video in memory
+VideoSource: TypeAlias = str | os.PathLike[str] | VideoBytes
+
+
+def _source(source: VideoSource) -> str | VideoBytes:
+    """``source`` as this module handles it: a path as ``str``, or the :class:`VideoBytes`."""
+    return source if isinstance(source, VideoBytes) else os.fspath(source)
+
+
+def source_name(source: VideoSource) -> str:
+    """The path, or the in-memory video's name: how errors and caches name ``source``."""
+    return source.name if isinstance(source, VideoBytes) else os.fspath(source)
+
+
+@dataclass(frozen=True)
 class VideoIndex:
     """What a packet scan tells about a video's frames; see the module docstring."""
 
@@ -52,7 +105,7 @@ class VideoIndex:
     keyframes: np.ndarray  # int64 [k]: frame index of each keyframe, ascending
     seek_ts: np.ndarray  # int64 [k]: timestamp to seek to for that keyframe (_seek_targets)
     fps: float
-    width: int  # as stored; a display matrix may show the frames turned (see orientation)
+    width: int  # as stored; shown stretched by a SAR and turned by a matrix (see shown_size)
     height: int
     seekable: bool  # False: pts unusable, frames are found by counting a sequential decode
 
@@ -85,45 +138,68 @@ def clear_index_cache() -> None:
     _index_cache.clear()
 
 
-def _cache_key(path: str) -> tuple:
-    st = os.stat(path)
-    return (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+def _cache_key(source: str | VideoBytes) -> tuple:
+    """What identifies a video's contents: (path, size, mtime) of a file, or (name, length,
+    CRC-32) of an in-memory video; raises ``OSError`` for a missing file."""
+    if isinstance(source, VideoBytes):
+        return ("bytes", source.name, len(source.data), zlib.crc32(source.data))
+    st = os.stat(source)
+    return (os.path.abspath(source), st.st_size, st.st_mtime_ns)
 
 
 @contextmanager
-def _open(path: str | os.PathLike) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
-    """Open ``path`` and yield (container, first video stream); FFmpeg errors become ours."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise VideoDecodeError(path, "no such file")
-    if os.path.getsize(path) == 0:
-        raise VideoDecodeError(path, "empty file")
-    container = _open_fast(path)
+def _open(source: VideoSource) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
+    """Open ``source`` and yield (container, first video stream); FFmpeg errors become ours."""
+    source = _source(source)
+    name = source_name(source)
+    if isinstance(source, VideoBytes):
+        if not source.data:
+            raise VideoDecodeError(name, "empty data (0 bytes)")
+        data = source.data
+
+        def target() -> str | io.BytesIO:
+            return io.BytesIO(data)  # a fresh reader per open; it shares the bytes, no copy
+
+    else:
+        if not os.path.isfile(source):
+            raise VideoDecodeError(name, "no such file")
+        if os.path.getsize(source) == 0:
+            raise VideoDecodeError(name, "empty file")
+        path = source
+
+        def target() -> str | io.BytesIO:
+            return path
+
+    container = _open_fast(target())
     if container is None:
         try:
-            container = av.open(path, metadata_errors="ignore")
+            container = av.open(target(), metadata_errors="ignore")
         except av.FFmpegError as e:
-            raise VideoDecodeError(path, f"cannot open: {e}") from e
+            # FFmpeg's message names the file; an in-memory video's it calls '<none>'
+            detail = e.strerror if isinstance(source, VideoBytes) and e.strerror else e
+            raise VideoDecodeError(name, f"cannot open: {detail}") from e
     with container:
         if not container.streams.video:
-            raise VideoDecodeError(path, "no video stream")
+            raise VideoDecodeError(name, "no video stream")
         stream = container.streams.video[0]
         stream.codec_context.thread_count = 1
         yield container, stream
 
 
-def _open_fast(path: str) -> av.container.InputContainer | None:
+def _open_fast(target: str | io.BytesIO) -> av.container.InputContainer | None:
     """Open without FFmpeg's stream probing, or return None where that loses information.
 
     ``av.open`` runs ``avformat_find_stream_info``, which reads ahead and decodes the first
     frames (an H.264 keyframe at least) to fill in codec parameters we do not need: 3 of the
     4 ms an open of a 640x272 mp4 costs. Containers that declare their streams in the header
     (mp4, mkv, webm, avi) give stream, size and time base without it; anything else (no video
-    stream or no size found this way) is reopened the normal way by the caller.
+    stream or no size found this way) is reopened the normal way by the caller. Works alike
+    for a file-like ``target``: the format is still detected from the data (``probesize``
+    limits the stream probing only, not the format detection).
     """
     try:
         container = av.open(
-            path,
+            target,
             metadata_errors="ignore",
             options={"skip_frame": "all"},
             container_options={"analyzeduration": "0", "probesize": "32"},
@@ -164,7 +240,9 @@ def _seek_targets(key_pts: np.ndarray, key_dts: np.ndarray, last_pts: int) -> np
     return targets
 
 
-def _scan(path: str, container: av.container.InputContainer, stream: av.VideoStream) -> VideoIndex:
+def _scan(
+    source: str | VideoBytes, container: av.container.InputContainer, stream: av.VideoStream
+) -> VideoIndex:
     """Index by demuxing every packet of the stream (no decoding); leaves the container at EOF."""
     pts, key_pts, key_dts = [], [], []
     usable = True
@@ -196,14 +274,14 @@ def _scan(path: str, container: av.container.InputContainer, stream: av.VideoStr
             seekable=True,
         )
     if usable:
-        raise VideoDecodeError(path, "video stream has no frames")
-    return _scan_sequential(path)
+        raise VideoDecodeError(source_name(source), "video stream has no frames")
+    return _scan_sequential(source)
 
 
-def _scan_sequential(path: str) -> VideoIndex:
+def _scan_sequential(source: VideoSource) -> VideoIndex:
     """Index by decoding everything (slow, only when packet timestamps are unusable)."""
     count, frame_pts = 0, []
-    with _open(path) as (container, stream):
+    with _open(source) as (container, stream):
         try:
             for frame in container.decode(stream):
                 count += 1
@@ -212,45 +290,60 @@ def _scan_sequential(path: str) -> VideoIndex:
         except av.FFmpegError:
             pass
         if count == 0:
-            raise VideoDecodeError(path, "no frame could be decoded")
+            raise VideoDecodeError(source_name(source), "no frame could be decoded")
         known = [p for p in frame_pts if p is not None]
         fps = _fps_of(np.asarray(sorted(known), dtype=np.int64), stream) if known else 30.0
     empty = np.zeros(0, dtype=np.int64)
     return VideoIndex(np.arange(count, dtype=np.int64), empty, empty, fps, width, height, False)
 
 
-def video_index(path: str | os.PathLike) -> VideoIndex:
-    """The (cached) frame index of ``path``; raises :class:`VideoDecodeError` for bad files."""
-    path = os.fspath(path)
-    index = _cached(path)
+def video_index(source: VideoSource) -> VideoIndex:
+    """The (cached) frame index of ``source`` (a path or :class:`VideoBytes`); raises
+    :class:`VideoDecodeError` for bad videos."""
+    source = _source(source)
+    key = _key(source)
+    index = _index_cache.get(key)
     if index is None:
-        with _open(path) as (container, stream):
-            index = _remember(path, _scan(path, container, stream))
+        with _open(source) as (container, stream):
+            index = _store(key, _scan(source, container, stream))
+    else:
+        _index_cache.move_to_end(key)
     return index
 
 
-def _cached(path: str) -> VideoIndex | None:
+def _key(source: str | VideoBytes) -> tuple:
     try:
-        key = _cache_key(path)
+        return _cache_key(source)
     except OSError as e:
-        raise VideoDecodeError(path, "no such file") from e
+        raise VideoDecodeError(source_name(source), "no such file") from e
+
+
+def _store(key: tuple, index: VideoIndex) -> VideoIndex:
+    _index_cache[key] = index
+    while len(_index_cache) > _CACHE_SIZE:
+        _index_cache.popitem(last=False)
+    return index
+
+
+def _cached(source: VideoSource) -> VideoIndex | None:
+    """The cached index of ``source``, or None."""
+    key = _key(_source(source))
     index = _index_cache.get(key)
     if index is not None:
         _index_cache.move_to_end(key)
     return index
 
 
-def _remember(path: str, index: VideoIndex) -> VideoIndex:
-    _index_cache[_cache_key(path)] = index
-    while len(_index_cache) > _CACHE_SIZE:
-        _index_cache.popitem(last=False)
-    return index
+def _remember(source: VideoSource, index: VideoIndex) -> VideoIndex:
+    """Cache ``index`` as that of ``source``; returns it."""
+    return _store(_key(_source(source)), index)
 
 
-def probe(path: str | os.PathLike) -> tuple[int, float, int, int]:
-    """``(num_frames, fps, width, height)`` of ``path`` from a packet scan (no decoding); the
-    size as stored, before any display matrix turns it (see :func:`orientation`)."""
-    index = video_index(path)
+def probe(source: VideoSource) -> tuple[int, float, int, int]:
+    """``(num_frames, fps, width, height)`` of ``source`` from a packet scan (no decoding); the
+    size as stored, before a sample aspect ratio stretches it or a display matrix turns it
+    (see :func:`sample_aspect_ratio`, :func:`orientation`)."""
+    index = video_index(source)
     return index.num_frames, index.fps, index.width, index.height
 
 
@@ -293,15 +386,53 @@ def apply_orientation(image: np.ndarray, turn: Orientation) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+# Sample aspect ratios outside [1/16, 16] are broken metadata, not pixels: the widest in use
+# are 2:1 (anamorphic) and 1:2, and honouring 1000:1 would make frames of absurd width
+_SAR_LIMIT = 16
+
+
+def sample_aspect_ratio(stream: av.VideoStream) -> Fraction:
+    """The shape of ``stream``'s pixels as shown: a pixel's width over its height (SAR).
+
+    Web video often has non-square pixels: 720x576 PAL at 16:15 is shown 768x576, anamorphic
+    1440x1080 at 4:3 is shown 1920x1080. Two places may say so: the container (mp4 ``pasp``
+    box or a ``tkhd`` size that differs from the coded one, mkv display size) and the codec
+    (the H.264/HEVC VUI, MPEG-2/4 headers). As FFmpeg's ``av_guess_sample_aspect_ratio``
+    (ffplay and ffmpeg) does, the container's value wins when it has one, else the codec's.
+    The container's value is in the header; the codec's is, for a container opened without
+    stream probing (:func:`_open_fast`), known only once the decoder has decoded a frame.
+    So, like the display matrix, it is read when the first frame of a decode call is
+    converted, and that fixes it for the call. Unset, non-positive and absurd values (beyond
+    16:1 either way) count as 1: square pixels, frames shown as stored.
+    """
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar is not None and sar > 0:
+            sar = Fraction(sar)
+            return sar if Fraction(1, _SAR_LIMIT) <= sar <= _SAR_LIMIT else Fraction(1)
+    return Fraction(1)
+
+
+def shown_size(width: int, height: int, sar: Fraction, turn: Orientation) -> tuple[int, int]:
+    """``(height, width)`` as a player shows a ``width`` x ``height`` stored frame: the width
+    stretched by the sample aspect ratio ``sar`` (rounded), then transposed if ``turn`` turns
+    the frame sideways. A SAR of 1 leaves the stored size."""
+    if sar != 1:
+        width = max(1, int(width * sar + Fraction(1, 2)))
+    return (width, height) if turn[0] else (height, width)
+
+
 class _Converter:
     """Turns decoded frames into upright uint8 RGB arrays of one size, resizing in swscale.
 
     The output size is ``size`` (height, width) as displayed, or the displayed size scaled to
-    short side ``short_side``, or the displayed size. A frame stored sideways is resized to the
-    transposed size, then turned upright (a copy of the small, resized image). The first frame
-    converted fixes the turn and the output size for every later one, so that one call's
-    frames always stack: a container's matrix is the same on every frame, but a codec's
-    orientation message may tag only some of them, and a stream may change resolution.
+    short side ``short_side``, or the displayed size; the displayed size is the stored one with
+    square pixels (see :func:`sample_aspect_ratio`) and turned upright (:func:`orientation`).
+    The stretch to square pixels is part of the one swscale resize. A frame stored sideways is
+    resized to the transposed size, then turned upright (a copy of the small, resized image).
+    The first frame converted fixes the turn, the sample aspect ratio and the output size for
+    every later one, so that one call's frames always stack: a container's matrix is the same
+    on every frame, but a codec's orientation message may tag only some of them, and a stream
+    may change resolution (or its VUI its aspect ratio).
     """
 
     def __init__(
@@ -314,11 +445,14 @@ class _Converter:
         self.interpolation = interpolation
         self.reformatter = VideoReformatter()  # keeps its swscale context between frames
         self.turn: Orientation | None = None  # fixed by the first frame converted
+        self.sar: Fraction | None = None  # likewise
 
-    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+    def __call__(self, frame: av.VideoFrame, stream: av.VideoStream) -> np.ndarray:
+        """``frame`` (just decoded from ``stream``) as upright RGB ``[H, W, 3]``."""
         if self.turn is None:
             self.turn = orientation(frame)
-            shown = (frame.width, frame.height) if self.turn[0] else (frame.height, frame.width)
+            self.sar = sample_aspect_ratio(stream)
+            shown = shown_size(frame.width, frame.height, self.sar, self.turn)
             if self.size is None:
                 short = self.short_side
                 self.size = shown if short is None else short_side_size(*shown, short)
@@ -398,7 +532,7 @@ def _decode_seeking(
                         raise _Mismatch("decoded frame without pts")
                     i = need.get(frame.pts)
                     if i is not None and i not in out:
-                        out[i] = convert(frame) if convert is not None else None
+                        out[i] = convert(frame, stream) if convert is not None else None
                     if frame.pts >= last_pts:
                         done = True
                 if done:
@@ -427,7 +561,7 @@ def _decode_sequential(
         for frame in container.decode(stream):
             stats.frames_decoded += 1
             if count in want:
-                out[count] = convert(frame) if convert is not None else None
+                out[count] = convert(frame, stream) if convert is not None else None
             last_frame = frame
             count += 1
             if count > last_wanted:
@@ -436,7 +570,7 @@ def _decode_sequential(
         pass  # truncated or damaged tail: keep what decoded
     if count <= last_wanted and last_frame is not None:
         # fewer frames than the index said: the missing ones repeat the last frame (clamp)
-        tail = convert(last_frame) if convert is not None else None
+        tail = convert(last_frame, stream) if convert is not None else None
         for i in want:
             if i >= count:
                 out[i] = tail
@@ -444,34 +578,47 @@ def _decode_sequential(
 
 
 class VideoReader:
-    """An open video file: its frame index and selective decoding, on one container.
+    """An open video (a file or :class:`VideoBytes`): its frame index and selective decoding,
+    on one container.
 
     Use as a context manager (``with open_video(path) as video: ...``). On an index-cache miss
-    the packet scan runs on this same container, so a clip costs one ``av.open``.
+    the packet scan runs on this same container, so a clip costs one ``av.open``. ``path`` is
+    the path, or the in-memory video's name.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = os.fspath(path)
+    def __init__(self, source: VideoSource) -> None:
+        self.source = _source(source)
+        self.path = source_name(self.source)
         self._stack = ExitStack()
         try:
-            self._container, self._stream = self._stack.enter_context(_open(self.path))
+            key = _key(self.source)
+            self._container, self._stream = self._stack.enter_context(_open(self.source))
             self._fresh = True  # positioned at the start of the file
-            index = _cached(self.path)
+            index = _index_cache.get(key)
             if index is None:
-                index = _remember(self.path, _scan(self.path, self._container, self._stream))
+                index = _store(key, _scan(self.source, self._container, self._stream))
                 self._fresh = False
+            else:
+                _index_cache.move_to_end(key)
         except BaseException:
             self._stack.close()  # a bad file must not leave its container open
             raise
         self.index = index
-        self.orientation = UPRIGHT  # learnt from the frames: known after a call to frames()
+        # learnt from the frames: known after a call to frames() (or to display_size)
+        self.orientation = UPRIGHT
+        self.sample_aspect_ratio = Fraction(1)
+        self._shown_known = False
 
     @property
     def display_size(self) -> tuple[int, int]:
-        """``(height, width)`` as shown: the stored size, transposed for a sideways video
-        (known once :meth:`frames` has run)."""
-        h, w = self.index.height, self.index.width
-        return (w, h) if self.orientation[0] else (h, w)
+        """``(height, width)`` as shown: the stored size with the width stretched by the sample
+        aspect ratio, transposed for a sideways video (see :func:`shown_size`). Both come from a
+        decoded frame: unless :meth:`frames` has run, frame 0 is decoded here to learn them."""
+        if not self._shown_known:
+            self.frames([0], (2, 2))  # the smallest conversion: only the geometry is wanted
+        return shown_size(
+            self.index.width, self.index.height, self.sample_aspect_ratio, self.orientation
+        )
 
     def __enter__(self) -> VideoReader:
         return self
@@ -501,6 +648,8 @@ class VideoReader:
         convert = _Converter(size, interpolation, short_side)
         frames = self._decode(wanted, convert, skip_nonref, stats)
         self.orientation = convert.turn or UPRIGHT
+        self.sample_aspect_ratio = convert.sar or Fraction(1)
+        self._shown_known = convert.turn is not None
         stats.frames_converted += len(wanted)
         first = frames[int(wanted[0])]
         assert first is not None
@@ -540,23 +689,32 @@ class VideoReader:
             finally:
                 self._fresh = False
         # the definition of frame identity: count frames of a sequential decode
-        with _open(self.path) as (container, stream):
+        with _open(self.source) as (container, stream):
             out, count = _decode_sequential(container, stream, wanted, convert, stats)
         if count == 0:
             raise VideoDecodeError(self.path, "no frame could be decoded")
         if self.index.seekable or count < self.index.num_frames:
             # the packet scan was wrong for this file: count frames by decoding from now on
-            self.index = _remember(self.path, _scan_sequential(self.path))
+            self.index = _remember(self.source, _scan_sequential(self.source))
         return out
 
 
-def open_video(path: str | os.PathLike) -> VideoReader:
-    """Open ``path`` for decoding; raises :class:`VideoDecodeError` for bad files."""
-    return VideoReader(path)
+def open_video(source: VideoSource) -> VideoReader:
+    """Open ``source`` (a path or :class:`VideoBytes`) for decoding; raises
+    :class:`VideoDecodeError` for bad videos."""
+    return VideoReader(source)
+
+
+def display_size(source: VideoSource) -> tuple[int, int]:
+    """``(height, width)`` of ``source``'s frames as players show them (square pixels,
+    upright); decodes its first frame, since the codec may be what carries the sample aspect
+    ratio or the orientation (see :meth:`VideoReader.display_size`)."""
+    with open_video(source) as video:
+        return video.display_size
 
 
 def decode_frames(
-    path: str | os.PathLike,
+    path: VideoSource,
     indices: Sequence[int] | np.ndarray,
     size: tuple[int, int] | None = None,
     *,
@@ -565,13 +723,16 @@ def decode_frames(
     skip_nonref: bool = True,
     stats: DecodeStats | None = None,
 ) -> np.ndarray:
-    """Decode frames ``indices`` of ``path`` as uint8 RGB ``[len(indices), H, W, 3]``.
+    """Decode frames ``indices`` of ``path`` (a path or :class:`VideoBytes`) as uint8 RGB
+    ``[len(indices), H, W, 3]``.
 
     Indices are clamped to ``[0, num_frames - 1]`` and may repeat or come in any order; each
-    distinct frame is decoded and converted once. Frames come upright, turned as the video's
-    display matrix says (see :func:`orientation`). ``size`` is ``(height, width)`` of the
-    output as displayed, or ``short_side`` its short side with the aspect ratio kept (resized
-    during RGB conversion with swscale ``interpolation``); neither: the displayed native size.
+    distinct frame is decoded and converted once. Frames come as players show them: square
+    pixels (stretched by the sample aspect ratio, see :func:`sample_aspect_ratio`) and upright
+    (turned as the display matrix says, see :func:`orientation`). ``size`` is ``(height,
+    width)`` of the output as displayed, or ``short_side`` its short side with the displayed
+    aspect ratio kept (resized during RGB conversion with swscale ``interpolation``); neither:
+    the displayed native size.
     ``skip_nonref=False`` disables the non-reference-frame skipping (for comparisons).
     """
     with open_video(path) as video:
@@ -580,14 +741,15 @@ def decode_frames(
 
 
 def decode_all(
-    path: str | os.PathLike,
+    path: VideoSource,
     size: tuple[int, int] | None = None,
     *,
     short_side: int | None = None,
     interpolation: str = INTERPOLATION,
 ) -> np.ndarray:
-    """Every frame of a (short) video as upright uint8 RGB ``[N, H, W, 3]``, for in-memory
-    caching; ``size`` and ``short_side`` as in :func:`decode_frames`."""
+    """Every frame of a (short) video (a path or :class:`VideoBytes`) as displayed uint8 RGB
+    ``[N, H, W, 3]``, for in-memory caching; ``size`` and ``short_side`` as in
+    :func:`decode_frames`."""
     with open_video(path) as video:
         return video.frames(np.arange(video.index.num_frames), size, short_side=short_side,
                             interpolation=interpolation)  # fmt: skip

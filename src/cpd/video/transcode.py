@@ -10,9 +10,11 @@ are cut by frame count at their nominal rate instead.
 
 Size. Like the official preprocessing, the short side becomes ``short_side`` also when that
 means upscaling (the training clips' scale jitter assumes that input size); ``upscale=False``
-keeps smaller videos at their size (rounded down to even dimensions). A video whose display
-matrix shows it turned (a portrait phone video stored as landscape) is written upright, as
-players and ``ffmpeg`` show it, so its short side is measured upright too.
+keeps smaller videos at their size (rounded down to even dimensions). Videos are written as
+players and ``ffmpeg`` show them, and their short side is measured so: a video with non-square
+pixels (a sample aspect ratio other than 1, e.g. 720x576 at 16:15, shown 768x576) is written
+with square pixels at its display aspect ratio, and one whose display matrix shows it turned
+(a portrait phone video stored as landscape) is written upright. The output carries neither.
 
 Sources are opened here rather than through :mod:`cpd.video.decode`: a transcoder streams raw
 frames with their timestamps into an encoder, which the clip reader (RGB arrays of chosen
@@ -151,8 +153,9 @@ class _SeekMissed(Exception):
     """A seek landed after the first wanted frame (internal signal: decode from the start)."""
 
 
-def _kept_frames(plan: _Plan, seek: bool) -> Iterable[tuple[Any, int]]:
-    """Yield ``(frame, timestamp)`` of the frames inside the window in presentation order."""
+def _kept_frames(plan: _Plan, seek: bool) -> Iterable[tuple[Any, int, Any]]:
+    """Yield ``(frame, timestamp, source stream)`` of the frames inside the window in
+    presentation order."""
     import av
 
     path, window, first, by_pts = plan.source, plan.window, plan.first, plan.by_pts
@@ -173,7 +176,7 @@ def _kept_frames(plan: _Plan, seek: bool) -> Iterable[tuple[Any, int]]:
                 if not started and seek and ts > first:
                     raise _SeekMissed
                 started = True
-                yield frame, ts
+                yield frame, ts, stream
         except av.FFmpegError as exc:
             raise VideoDecodeError(path, f"decoding failed: {exc}") from exc
 
@@ -231,25 +234,29 @@ def _encode(plan: _Plan, dest: str | Path, settings: PrepareSettings, seek: bool
     """Decode the kept frames of the source and encode them, upright, into ``dest``.
 
     Returns ``(frames written, (width, height))``. The size is fixed at the first frame: only
-    a decoded frame tells whether a display matrix shows the video turned (phone videos); such
-    frames are turned upright here, so the output needs no matrix.
+    a decoded frame tells whether a display matrix shows the video turned (phone videos) and,
+    for a sample aspect ratio that only the codec carries, how wide its pixels are shown. The
+    resize makes the pixels square and such frames are turned upright here, so the output
+    needs neither an aspect ratio nor a matrix.
     """
     import av
     from av.video.reformatter import VideoReformatter
 
-    from cpd.video.decode import UPRIGHT, orientation
+    from cpd.video.decode import UPRIGHT, orientation, sample_aspect_ratio, shown_size
 
     scaler = VideoReformatter()  # keeps its swscale context from frame to frame
     count, last, size, turn = 0, None, (0, 0), UPRIGHT
     with contextlib.ExitStack() as stack:
         out = stream = None
-        for frame, ts in _kept_frames(plan, seek):
+        for frame, ts, source in _kept_frames(plan, seek):
             if last is not None and ts <= last:
                 continue  # a repeated timestamp: the muxer needs strictly increasing ones
-            if stream is None:  # the first frame fixes the turn, as in cpd.video.decode
+            if stream is None:  # the first frame fixes turn and pixel shape, as in decode
                 turn = orientation(frame)
-                shown = (frame.height, frame.width) if turn[0] else (frame.width, frame.height)
-                size = output_size(*shown, settings.short_side, settings.upscale)
+                shown_h, shown_w = shown_size(
+                    frame.width, frame.height, sample_aspect_ratio(source), turn
+                )
+                size = output_size(shown_w, shown_h, settings.short_side, settings.upscale)
                 out = stack.enter_context(av.open(os.fspath(dest), mode="w", format="mp4"))
                 stream = _output_stream(out, plan, settings, size)
             width, height = (size[1], size[0]) if turn[0] else size
