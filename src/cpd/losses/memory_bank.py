@@ -3,6 +3,10 @@
 Memory is O(N·D): N = 300k samples, D = 256, fp32 → 300_000·256·4 B = 307 MB per bank (CPD
 keeps two). ``dtype=torch.float16`` or ``torch.bfloat16`` halves that; rows are always
 converted to fp32 before scores or updates are computed, and only the stored copy is rounded.
+Nothing else of size N is allocated: the initial values are drawn in fp32 in chunks of
+:data:`INIT_CHUNK_ELEMENTS` and rounded chunk by chunk, and a step gathers the ``B·(1 + K)``
+sampled rows (the whole-bank scoring of :meth:`MemoryBank.scores`, which makes an fp32 copy of
+a 16-bit bank, runs only where ``N < B·(1 + K)``, i.e. where that copy is the smaller one).
 
 The bank is a buffer (it is in ``state_dict()``, so checkpoints carry it) and never receives
 gradients. It lives in the loss module, outside the DDP-wrapped model, so DDP does not
@@ -18,7 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MemoryBank", "bank_init_bound", "negative_generator", "sample_indices", "seed_for"]
+__all__ = [
+    "INIT_CHUNK_ELEMENTS",
+    "MemoryBank",
+    "bank_init_bound",
+    "negative_generator",
+    "sample_indices",
+    "seed_for",
+]
+
+#: Values drawn per chunk at bank initialisation (64 MiB of fp32): a 16-bit bank never holds
+#: an fp32 copy of itself, which at N = 10M rows of 256 would be 10.2 GB per bank.
+INIT_CHUNK_ELEMENTS = 1 << 24
 
 
 def bank_init_bound(dim: int) -> float:
@@ -65,6 +80,28 @@ def sample_indices(
     return torch.cat([idx.view(-1, 1), negatives.to(idx.device)], dim=1)
 
 
+def _uniform_rows(
+    num_data: int, dim: int, generator: torch.Generator, dtype: torch.dtype
+) -> torch.Tensor:
+    """``num_data x dim`` values uniform in ``[-s, s]``, drawn in fp32 chunk by chunk.
+
+    Drawn in fp32 on CPU whatever the storage type, so the seed fixes the values; a CPU
+    generator fills a tensor element after element, so the chunks hold exactly the values of
+    one ``torch.rand(num_data, dim)`` call, rounded to ``dtype`` as ``.to(dtype)`` would.
+    """
+    s = bank_init_bound(dim)
+    out = torch.empty(num_data, dim, dtype=dtype)
+    rows = max(1, INIT_CHUNK_ELEMENTS // dim)
+    scratch = None if dtype == torch.float32 else torch.empty(min(rows, num_data), dim)
+    for start in range(0, num_data, rows):
+        stop = min(start + rows, num_data)
+        chunk = out[start:stop] if scratch is None else scratch[: stop - start]
+        chunk.uniform_(generator=generator).mul_(2 * s).sub_(s)
+        if scratch is not None:
+            out[start:stop].copy_(chunk)
+    return out
+
+
 class MemoryBank(nn.Module):
     """``num_data x dim`` rows, uniform in ``[-s, s]`` (:func:`bank_init_bound`) at start.
 
@@ -91,10 +128,7 @@ class MemoryBank(nn.Module):
             )
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"bank dtype must be float32, float16 or bfloat16, got {dtype}")
-        s = bank_init_bound(dim)
-        # Drawn in fp32 on CPU whatever the storage type, so the seed fixes the values.
-        init = torch.rand(num_data, dim, generator=generator).mul_(2 * s).sub_(s)
-        self.register_buffer("memory", init.to(dtype))
+        self.register_buffer("memory", _uniform_rows(num_data, dim, generator, dtype))
 
     @property
     def num_data(self) -> int:

@@ -48,7 +48,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint dict safely; any unreadable file raises CheckpointError naming it."""
     path = Path(path)
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        # mmap: the tensors stay in the file's pages until copied into the live model and
+        # banks, so a resume does not hold a second copy of 10 GB of banks in process memory
+        obj = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     except FileNotFoundError as exc:
         raise CheckpointError(f"{path}: no such checkpoint") from exc
     except Exception as exc:  # torch raises many types (pickle, zip, runtime) for a bad file

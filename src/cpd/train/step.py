@@ -24,12 +24,22 @@ class TextFeatureCache:
     A frozen encoder runs in eval mode (no dropout), so its pooled output for a caption cannot
     change: computing it once per caption and reusing it is exact, and it takes the text
     encoder out of every stage-I step after the first epoch. Clear it when the encoder unfreezes.
-    Memory: ``N × hidden`` in ``dtype`` (300k captions × 768 in fp16: 461 MB).
+    Memory: ``N × hidden`` in ``dtype`` plus one flag byte per row (:attr:`nbytes`; 300k
+    captions × 768 in fp16: 461 MB, 10M: 15.4 GB). The rows are allocated at the first call
+    of :meth:`pooled`, uninitialised, so the operating system commits their pages as rows are
+    filled: resident memory follows the captions seen, up to :attr:`nbytes`. Where that does
+    not fit, do without a cache (``optim.cache_text_features=false``).
     """
 
     def __init__(self, num_data: int, hidden: int, dtype: torch.dtype = torch.float16) -> None:
-        self.features = torch.zeros(num_data, hidden, dtype=dtype)
+        self.num_data, self.hidden, self.dtype = num_data, hidden, dtype
+        self.features: torch.Tensor | None = None  # [N, hidden], allocated at first use
         self.filled = torch.zeros(num_data, dtype=torch.bool)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of a fully filled cache: the rows and their flags."""
+        return self.num_data * (self.hidden * self.dtype.itemsize + 1)
 
     def clear(self) -> None:
         """Forget every cached row (after the text encoder changes)."""
@@ -44,6 +54,9 @@ class TextFeatureCache:
         index: torch.Tensor,
     ) -> torch.Tensor:
         """Pooled features ``[B, hidden]`` (float32, on the ids' device), computing missing rows."""
+        if self.features is None:
+            # empty, not zeros: rows are read only once filled, and untouched pages cost nothing
+            self.features = torch.empty(self.num_data, self.hidden, dtype=self.dtype)
         cpu_index = index.cpu()
         missing = ~self.filled[cpu_index]
         if missing.any():
