@@ -157,10 +157,10 @@ def test_jsonl_duplicate_explicit_id(tmp_path: Path) -> None:
 
 
 def test_problem_list_is_capped_with_count(tmp_path: Path) -> None:
-    text = "".join('{"video": "v.mp4"}\n' for _ in range(30))
+    text = "".join('{"video": "v.mp4", "caption": " "}\n' for _ in range(30))
     msg = error_of(read_caption_jsonl, write(tmp_path / "m.jsonl", text), tmp_path)
     assert "30 problems" in msg and "... and 10 more" in msg
-    assert len(re.findall(r"missing field", msg)) == 20
+    assert len(re.findall(r"empty 'caption'", msg)) == 20
 
 
 def test_path_inside_root_with_dotdot_is_allowed(tmp_path: Path) -> None:
@@ -211,7 +211,10 @@ def test_csv_bad_rows_reported_with_start_line(tmp_path: Path) -> None:
 
 def test_csv_header_must_name_columns(tmp_path: Path) -> None:
     msg = error_of(read_caption_csv, write(tmp_path / "m.csv", "path,text\na.mp4,x\n"), tmp_path)
-    assert "line 1: header lacks column(s) video, caption" in msg
+    assert (
+        "line 1: header lacks column(s) 'video' (video_key), 'caption' (caption_key); "
+        "columns present: path, text"
+    ) in msg
 
 
 def test_unknown_format(tmp_path: Path) -> None:
