@@ -12,10 +12,20 @@ leaves a file that a later run would take for done; a rerun skips outputs that e
 Every input ends in exactly one of done / skipped / failed; failures are listed with reasons in
 ``OUT/failures.jsonl``, and ``OUT/captions.jsonl`` pairs each prepared video with its
 caption(s) for ``cpd pretrain data.manifest=OUT/captions.jsonl``.
+
+Shards (:func:`prepare_shards`): the same videos written as webdataset tars in video2dataset's
+layout instead of loose files (:mod:`cpd.data.shard_writer`), resumable shard by shard.
+
+Parts (``WorkPart``, ``--part I/N``): several machines share one job list, each taking the
+jobs (loose files: job ``n`` with ``n % N == I``) or shards (shard ``s`` with ``s % N == I``)
+of its part and writing its own ``failures.part-I-of-N.jsonl`` and ``results.part-I-of-N.json``
+(and, loose, ``captions.part-I-of-N.jsonl``); together the parts write what one run writes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import multiprocessing
 import os
@@ -26,7 +36,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from glob import glob, has_magic
 from pathlib import Path
 from typing import Any
@@ -34,18 +44,35 @@ from typing import Any
 from cpd.data.manifests import (
     INSTAGRAM_FILE_PATTERN,
     CaptionRecord,
+    normalize_split,
     read_caption_manifest,
     read_instagram_json,
 )
-from cpd.errors import DataError, VideoDecodeError
+from cpd.data.shard_writer import (
+    FAILED_TO_DOWNLOAD,
+    FAILED_TO_SUBSAMPLE,
+    SUCCESS,
+    TMP_DIR,
+    ShardPlan,
+    ShardSample,
+    begin_shard,
+    complete_stats,
+    read_failures,
+    shard_paths,
+    write_shard,
+)
+from cpd.errors import CPDError, DataError, VideoDecodeError
 from cpd.video.transcode import PrepareSettings, transcode
 
 __all__ = [
     "PrepareJob",
     "PrepareSettings",
+    "WorkPart",
     "jobs_from_manifest",
     "jobs_from_paths",
+    "prepare_shards",
     "prepare_videos",
+    "select_split",
     "transcode",
 ]
 
@@ -196,7 +223,56 @@ def jobs_from_paths(
     return _check_unique(jobs)
 
 
+def select_split(jobs: Sequence[PrepareJob], split: str) -> list[PrepareJob]:
+    """The jobs with a caption of ``split`` (``validation`` = ``val``, as manifests read it),
+    each keeping only those captions, in their order.
+
+    Writes one split apart (``cpd prepare --split val``), e.g. the validation shards that
+    pretraining reads from their own folder. Videos without a caption are in no split.
+    """
+    wanted = normalize_split(split)
+    selected = []
+    for job in jobs:
+        rows = tuple(row for row in job.captions if row[1] == wanted)
+        if rows:
+            selected.append(replace(job, captions=rows))
+    return selected
+
+
 # --- a whole run -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkPart:
+    """Part ``index`` (0-based) of ``count`` parts of one job list (``--part I/N``)."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise DataError(f"part must be I/N with 0 <= I < N, got {self.index}/{self.count}")
+
+    @classmethod
+    def parse(cls, text: str) -> WorkPart:
+        """``"I/N"`` -> ``WorkPart(I, N)``; :class:`DataError` for anything else."""
+        index, sep, count = text.partition("/")
+        if not (sep and index.strip().isdigit() and count.strip().isdigit()):
+            raise DataError(f"part must be I/N (e.g. 0/4: the first of four), got {text!r}")
+        return cls(int(index), int(count))
+
+    def owns(self, number: int) -> bool:
+        """Whether job (or shard) ``number`` belongs to this part."""
+        return number % self.count == self.index
+
+    def file_name(self, stem: str, suffix: str) -> str:
+        """``failures.jsonl`` for a whole run, ``failures.part-0-of-2.jsonl`` for a part."""
+        if self.count == 1:
+            return f"{stem}{suffix}"
+        return f"{stem}.part-{self.index}-of-{self.count}{suffix}"
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 def _is_complete(path: Path) -> bool:
@@ -212,10 +288,17 @@ def _is_complete(path: Path) -> bool:
 
 
 def _run_job(task: tuple[int, PrepareJob, str, PrepareSettings, bool]) -> dict[str, Any]:
-    """Prepare one video in a worker; every outcome (bugs included) comes back as a dict."""
-    number, job, videos_dir, settings, force = task
+    """Prepare one video into the path ``task[2]`` in a worker; every outcome (bugs included)
+    comes back as a dict, with the wall-clock times it started and finished."""
+    started = time.time()
+    return {**_prepare_one(task), "started": started, "finished": time.time()}
+
+
+def _prepare_one(task: tuple[int, PrepareJob, str, PrepareSettings, bool]) -> dict[str, Any]:
+    """The outcome of one task of :func:`_run_job`: done, skipped or failed with a reason."""
+    number, job, dest_path, settings, force = task
     result: dict[str, Any] = {"number": number, "id": job.video_id, "path": job.source}
-    dest = Path(videos_dir) / job.output_name
+    dest = Path(dest_path)
     if job.missing_reason is not None:
         return {**result, "status": "failed", "kind": "input", "reason": job.missing_reason}
     if not force and dest.exists() and _is_complete(dest):
@@ -240,19 +323,22 @@ def _settings_record(settings: PrepareSettings) -> dict[str, Any]:
 
 
 def _check_previous(out: Path, settings: PrepareSettings, force: bool) -> None:
-    """Refuse to mix outputs of different settings in one OUT (unless ``force`` redoes all)."""
-    previous = out / "results.json"
-    if force or not previous.is_file():
+    """Refuse to mix outputs of different settings in one OUT (unless ``force`` redoes all).
+
+    Every earlier summary counts, ``results.json`` and those of parts (``results.part-*``).
+    """
+    if force:
         return
-    try:
-        before = json.loads(previous.read_text(encoding="utf-8")).get("settings")
-    except (OSError, json.JSONDecodeError, AttributeError) as exc:
-        raise DataError(f"{previous}: unreadable results of an earlier run: {exc}") from exc
-    if before is not None and before != _settings_record(settings):
-        raise DataError(
-            f"{out} was prepared with other settings {before}; use force to redo every video, "
-            "or another output directory"
-        )
+    for previous in sorted(out.glob("results*.json")):
+        try:
+            before = json.loads(previous.read_text(encoding="utf-8")).get("settings")
+        except (OSError, json.JSONDecodeError, AttributeError) as exc:
+            raise DataError(f"{previous}: unreadable results of an earlier run: {exc}") from exc
+        if before is not None and before != _settings_record(settings):
+            raise DataError(
+                f"{out} was prepared with other settings {before} ({previous.name}); use force "
+                "to redo every video, or another output directory"
+            )
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -261,8 +347,17 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _outcomes(tasks: list, workers: int, progress: bool) -> list[dict[str, Any]]:
-    """Run the tasks (in this process when ``workers <= 1``) behind a progress bar."""
+def _outcomes(
+    tasks: list,
+    workers: int,
+    progress: bool,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the tasks (in this process when ``workers <= 1``) behind a progress bar.
+
+    ``on_result`` sees each outcome as it arrives (in completion order), so that finished
+    work can be stored before the whole run ends.
+    """
     from tqdm import tqdm
 
     counts = {"done": 0, "skipped": 0, "failed": 0}
@@ -273,6 +368,8 @@ def _outcomes(tasks: list, workers: int, progress: bool) -> list[dict[str, Any]]
     def collect(outcomes: Iterable[dict[str, Any]]) -> None:
         for outcome in outcomes:
             results.append(outcome)
+            if on_result is not None:
+                on_result(outcome)
             counts[outcome["status"]] += 1
             bar.set_postfix(counts, refresh=False)
             bar.update()
@@ -341,6 +438,7 @@ def prepare_videos(
     workers: int | None = None,
     force: bool = False,
     progress: bool = True,
+    part: WorkPart | None = None,
 ) -> dict[str, Any]:
     """Prepare every job into ``out_dir``; returns the summary also written to ``results.json``.
 
@@ -348,23 +446,29 @@ def prepare_videos(
     captions: ``video`` relative to OUT, ``caption``, ``split``, ``id``), ``OUT/failures.jsonl``
     (``id``, ``path``, ``reason``, ``kind``: "input" for bad inputs, "internal" for our bugs)
     and ``OUT/results.json``. Outputs that exist and open are skipped unless ``force``.
-    Raises :class:`DataError` for bad settings or an OUT prepared with other settings.
+    ``part`` takes the jobs ``n`` with ``n % N == I`` only, and names the three lists
+    ``*.part-I-of-N.*``. Raises :class:`DataError` for bad settings or an OUT prepared with
+    other settings.
     """
     settings = settings or PrepareSettings()
     settings.check()
+    part = part or WorkPart()
     workers = workers if workers is not None else (os.cpu_count() or 1)
     out = Path(out_dir)
     videos = out / "videos"
     videos.mkdir(parents=True, exist_ok=True)
     _check_previous(out, settings, force)
+    mine = [(n, job) for n, job in enumerate(jobs) if part.owns(n)]
+    own_names = {job.output_name + ".partial" for _, job in mine}
     for stale in videos.glob("*.partial"):
-        stale.unlink()  # left by an interrupted run; redone below
+        if stale.name in own_names:  # other parts may be writing theirs right now
+            stale.unlink(missing_ok=True)  # left by an interrupted run; redone below
     started = time.perf_counter()
-    tasks = [(n, job, str(videos), settings, force) for n, job in enumerate(jobs)]
+    tasks = [(n, job, str(videos / job.output_name), settings, force) for n, job in mine]
     results = _outcomes(tasks, workers, progress)
 
     failures, pairs, uncaptioned = [], [], 0
-    for job, r in zip(jobs, results, strict=True):
+    for (_, job), r in zip(mine, results, strict=True):
         if r["status"] == "failed":
             failures.append(
                 {k: r[k] for k in ("id", "path", "reason", "kind", "traceback") if k in r}
@@ -374,11 +478,17 @@ def prepare_videos(
         for caption, split, row_id in job.captions:
             pair = {"video": f"videos/{job.output_name}", "caption": caption, "split": split}
             pairs.append(pair if row_id is None else {**pair, "id": row_id})
-    _write_atomic(out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures))
-    _write_atomic(out / "captions.jsonl", "".join(json.dumps(p) + "\n" for p in pairs))
+    failures_file = part.file_name("failures", ".jsonl")
+    captions_file = part.file_name("captions", ".jsonl")
+    _write_atomic(out / failures_file, "".join(json.dumps(f) + "\n" for f in failures))
+    _write_atomic(out / captions_file, "".join(json.dumps(p) + "\n" for p in pairs))
     done = [r for r in results if r["status"] == "done"]
     summary = {
         "out_dir": str(out),
+        "mode": "files",
+        "part": str(part),
+        "failures_file": failures_file,
+        "captions_file": captions_file,
         "inputs": len(results),
         "done": len(done),
         "skipped": sum(r["status"] == "skipped" for r in results),
@@ -393,7 +503,7 @@ def prepare_videos(
         "workers": workers,
         "settings": _settings_record(settings),
     }
-    _write_atomic(out / "results.json", json.dumps(summary, indent=2) + "\n")
+    _write_atomic(out / part.file_name("results", ".json"), json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -404,3 +514,241 @@ def _reason_counts(failures: list[dict[str, Any]]) -> dict[str, int]:
         key = f["reason"].split(":")[0]
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+# --- shards ----------------------------------------------------------------------------------
+
+# failures of reading the source rather than of cutting it: video2dataset's failed downloads
+_UNREADABLE = frozenset({"no such file", "empty file"})
+
+
+def _check_shard_dependencies() -> None:
+    """Fail early and clearly when the shard writer's libraries are missing."""
+    missing = []
+    for module in ("webdataset", "pyarrow"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise CPDError(f"--shards needs {' and '.join(missing)}: pip install {' '.join(missing)}")
+
+
+def _shard_digest(plan: ShardPlan, jobs: Sequence[PrepareJob], shard: int) -> str:
+    """What a shard holds (keys, ids, captions), to tell a complete shard of another job list.
+
+    Source paths are left out: the same videos under another mount point are the same shard.
+    """
+    items = [[plan.key(n), jobs[n].video_id, [list(c) for c in jobs[n].captions]]
+             for n in plan.jobs_of(shard)]  # fmt: skip
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def _shard_record(key: str, job: PrepareJob, outcome: dict[str, Any]) -> dict[str, Any]:
+    """The parquet row of one job, also the ``.json`` of its sample when it succeeded."""
+    failed = outcome["status"] == "failed"
+    if not failed:
+        status = SUCCESS
+    elif job.missing_reason is not None or outcome["reason"] in _UNREADABLE:
+        status = FAILED_TO_DOWNLOAD
+    else:
+        status = FAILED_TO_SUBSAMPLE
+    # the first caption row is the sample's caption (one .txt); all of them are kept
+    first = job.captions[0] if job.captions else (None, None, None)
+    return {
+        "key": key,
+        "caption": first[0],
+        "url": job.source,
+        "status": status,
+        "error_message": outcome["reason"] if failed else None,
+        "id": job.video_id,
+        "split": first[1],
+        "captions": [caption for caption, _, _ in job.captions],
+        "duration": outcome.get("seconds"),
+        "width": outcome.get("width"),
+        "height": outcome.get("height"),
+        "fps": outcome.get("fps"),
+        "frames": outcome.get("frames"),
+        "source_duration": outcome.get("source_seconds"),
+    }
+
+
+def _failure_entry(record: dict[str, Any], kind: str | None = None) -> dict[str, Any]:
+    """A line of the failures list from a parquet row (``kind`` told, or read from the reason)."""
+    reason = record["error_message"] or ""
+    kind = kind or ("internal" if reason.startswith("internal error") else "input")
+    return {"id": record["id"], "path": record["url"], "key": record["key"],
+            "status": record["status"], "reason": reason, "kind": kind}  # fmt: skip
+
+
+def _source_bytes(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _write_one_shard(
+    out: Path,
+    plan: ShardPlan,
+    shard: int,
+    jobs: Sequence[PrepareJob],
+    outcomes: dict[int, dict[str, Any]],
+    extra_stats: dict[str, Any],
+) -> dict[str, Any]:
+    """Write a shard whose jobs all have an outcome; returns what the run summary needs."""
+    name = plan.name(shard)
+    folder = shard_paths(out, name)["tmp"]
+    records, samples, failures = [], [], []
+    counts = {SUCCESS: 0, FAILED_TO_DOWNLOAD: 0, FAILED_TO_SUBSAMPLE: 0}
+    status_dict: dict[str, int] = {}
+    source_bytes = frames = video_bytes = uncaptioned = 0
+    for n in plan.jobs_of(shard):
+        job, outcome = jobs[n], outcomes[n]
+        record = _shard_record(plan.key(n), job, outcome)
+        records.append(record)
+        counts[record["status"]] += 1
+        reason = record["error_message"] or SUCCESS  # video2dataset counts error messages
+        status_dict[reason] = status_dict.get(reason, 0) + 1
+        if record["status"] == SUCCESS:
+            video = folder / f"{record['key']}.mp4"
+            samples.append(ShardSample(record["key"], video, record["caption"] or "", record))
+            source_bytes += _source_bytes(job.source)
+            frames += outcome["frames"]
+            video_bytes += outcome["bytes"]
+            uncaptioned += not job.captions
+        else:
+            entry = _failure_entry(record, outcome.get("kind"))
+            if "traceback" in outcome:
+                entry["traceback"] = outcome["traceback"]
+            failures.append(entry)
+    now = time.time()
+    start = min((o["started"] for o in outcomes.values() if "started" in o), default=now)
+    stats = {
+        "count": len(records),
+        "successes": counts[SUCCESS],
+        "failed_to_download": counts[FAILED_TO_DOWNLOAD],
+        "failed_to_subsample": counts[FAILED_TO_SUBSAMPLE],
+        "duration": now - start,
+        "bytes_downloaded": source_bytes,  # the source files read, as video2dataset counts
+        "start_time": start,
+        "end_time": now,
+        "status_dict": status_dict,
+        # cpd's own: what a rerun checks before it skips this shard, and the output
+        "shard": name,
+        "frames_written": frames,
+        "video_bytes_written": video_bytes,
+        **extra_stats,
+    }
+    tar_bytes = write_shard(out, name, samples, records, stats)
+    return {"done": counts[SUCCESS], "failures": failures, "frames": frames,
+            "bytes": tar_bytes, "uncaptioned": uncaptioned}  # fmt: skip
+
+
+def prepare_shards(
+    jobs: Sequence[PrepareJob],
+    out_dir: str | Path,
+    settings: PrepareSettings | None = None,
+    *,
+    shard_size: int = 1000,
+    part: WorkPart | None = None,
+    workers: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Prepare the jobs into webdataset shards in video2dataset's layout; returns the summary
+    also written to ``OUT/results.json``.
+
+    Shard ``s`` holds jobs ``[s * shard_size, (s + 1) * shard_size)`` in the order given, as
+    ``OUT/{s:05d}.tar`` (``{key}.mp4``, ``{key}.txt``: the first caption, ``{key}.json``: the
+    parquet row, all captions included), ``OUT/{s:05d}.parquet`` (every job, failed or not)
+    and ``OUT/{s:05d}_stats.json``; see :mod:`cpd.data.shard_writer`. ``part`` writes the
+    shards ``s % N == I`` only. Complete shards are skipped unless ``force``; incomplete ones
+    are redone whole. ``OUT/failures.jsonl`` (``failures.part-I-of-N.jsonl``) lists every failed
+    job of the part's shards, those of skipped shards read back from their parquet. Raises
+    :class:`DataError` for bad settings, or a complete shard of other settings or other inputs.
+    """
+    settings = settings or PrepareSettings()
+    settings.check()
+    part = part or WorkPart()
+    plan = ShardPlan(len(jobs), shard_size)
+    _check_shard_dependencies()
+    workers = workers if workers is not None else (os.cpu_count() or 1)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_previous(out, settings, force)
+    record = _settings_record(settings)
+    shards = plan.shards_of_part(part.index, part.count)
+    todo: list[int] = []
+    complete: dict[int, dict[str, Any]] = {}
+    digests = {shard: _shard_digest(plan, jobs, shard) for shard in shards}
+    for shard in shards:
+        stats = None if force else complete_stats(out, plan.name(shard))
+        if stats is None:
+            todo.append(shard)
+            continue
+        tar = out / f"{plan.name(shard)}.tar"
+        if stats.get("settings") != record:
+            raise DataError(f"{tar} was prepared with other settings {stats.get('settings')}; "
+                            "use force to redo it, or another output directory")  # fmt: skip
+        if stats.get("inputs_sha256") != digests[shard] or stats.get("shard_size") != shard_size:
+            raise DataError(
+                f"{tar} holds other inputs than shard {shard} of this job list (inputs added, "
+                "removed or reordered, or another shard size); use force to rewrite it, or "
+                "another output directory"
+            )
+        complete[shard] = stats
+
+    started = time.perf_counter()
+    tasks = []
+    for shard in todo:
+        folder = begin_shard(out, plan.name(shard))
+        tasks += [(n, jobs[n], str(folder / f"{plan.key(n)}.mp4"), settings, True)
+                  for n in plan.jobs_of(shard)]  # fmt: skip
+    pending: dict[int, dict[int, dict[str, Any]]] = {shard: {} for shard in todo}
+    written: list[dict[str, Any]] = []
+
+    def store(outcome: dict[str, Any]) -> None:
+        # a shard is written as soon as its last job is in, so a stopped run keeps it
+        shard = plan.shard_of(outcome["number"])
+        pending[shard][outcome["number"]] = outcome
+        if len(pending[shard]) == len(plan.jobs_of(shard)):
+            extra = {"shard_size": shard_size, "settings": record,
+                     "inputs_sha256": digests[shard]}  # fmt: skip
+            written.append(_write_one_shard(out, plan, shard, jobs, pending.pop(shard), extra))
+
+    _outcomes(tasks, workers, progress, on_result=store)
+    with contextlib.suppress(OSError):
+        (out / TMP_DIR).rmdir()  # when empty: other parts may still be using it
+
+    failures = [f for w in written for f in w["failures"]]
+    for shard in complete:
+        failures += [_failure_entry(r) for r in read_failures(out, plan.name(shard))]
+    failures.sort(key=lambda f: f["key"])
+    failures_file = part.file_name("failures", ".jsonl")
+    _write_atomic(out / failures_file, "".join(json.dumps(f) + "\n" for f in failures))
+    summary = {
+        "out_dir": str(out),
+        "mode": "shards",
+        "part": str(part),
+        "failures_file": failures_file,
+        "shard_size": shard_size,
+        "shards": plan.num_shards,
+        "part_shards": len(shards),
+        "shards_written": len(written),
+        "shards_skipped": len(complete),
+        "inputs": sum(len(plan.jobs_of(shard)) for shard in shards),
+        "done": sum(w["done"] for w in written),
+        "skipped": sum(int(stats.get("successes", 0)) for stats in complete.values()),
+        "failed": len(failures),
+        "internal_errors": sum(f["kind"] == "internal" for f in failures),
+        "failure_reasons": _reason_counts(failures),
+        "uncaptioned": sum(w["uncaptioned"] for w in written),
+        "frames_written": sum(w["frames"] for w in written),
+        "bytes_written": sum(w["bytes"] for w in written),
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "workers": workers,
+        "settings": record,
+    }
+    _write_atomic(out / part.file_name("results", ".json"), json.dumps(summary, indent=2) + "\n")
+    return summary
