@@ -47,3 +47,20 @@ def test_sample_is_h264_with_b_frames(tmp_path):
         assert (stream.codec_context.name, stream.width, stream.height) == ("h264", 160, 68)
         types = {av.video.frame.PictureType(f.pict_type).name for f in c.decode(stream)}
     assert types >= {"I", "P", "B"}
+
+
+def test_bench_load_streams_the_same_clips_from_a_shard(tmp_path, capsys):
+    videos = [str(write_video(tmp_path / f"v{i}.mp4", num_frames=60, width=160, height=96))
+              for i in range(2)]  # fmt: skip
+    assert main(["bench", "load", *videos, "--shards", "--clips", "4", "--repeat", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["shard_clips_per_s"] > 0
+    assert out["shard_vs_files"] == pytest.approx(out["shard_clips_per_s"] / out["clips_per_s"],
+                                                  rel=0.02)  # fmt: skip
+    # a shard given directly: its videos are benched as files too
+    from cpd.commands.bench import _pack
+
+    tar = _pack(videos, tmp_path / "00000.tar")
+    assert main(["bench", "load", str(tar), "--clips", "4", "--repeat", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["shards"] == [str(tar)] and len(out["videos"]) == 2 and out["shard_clips_per_s"] > 0

@@ -18,6 +18,10 @@ cpd bench step [--arch r3d50 --batch-size 4 --num-frames 8 --crop-size 112] [--d
     ``baseline_step_s`` (the official way: fp32, contiguous, text encoder run every step);
     ``video_gflop`` is the video encoder's forward + backward arithmetic per step and
     ``video_gflops_per_s`` the rate our step achieves on it (compare with the machine's peak).
+cpd bench load VIDEO... --shards, or cpd bench load SHARD.tar...
+    Also stream the same clips from a webdataset shard holding the videos (packed into a
+    temporary tar; or the given shards, whose videos are unpacked to files for the others):
+    shard_clips_per_s and shard_vs_files (its ratio to clips_per_s).
 cpd bench load --make-sample sample.mp4
     Write the reference input first (640x272, 30 fps, 10 s, x264 with B-frames, moving
     shapes over a panning textured background) and bench it.
@@ -29,6 +33,7 @@ import argparse
 import json
 import random
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Each benchmark is a sub-subcommand; register new ones in ``_BENCHES`` below."""
     sub = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
     load = sub.add_parser("load", help="clip loading throughput (one thread)")
-    load.add_argument("videos", nargs="*", metavar="VIDEO", help="video files to load clips from")
+    load.add_argument("videos", nargs="*", metavar="VIDEO",
+                      help="video files (or .tar shards, whose samples are benched both ways)")  # fmt: skip
+    load.add_argument("--shards", action="store_true",
+                      help="also stream the same clips from a shard holding the videos")  # fmt: skip
     load.add_argument("--clips", type=int, default=100, help="clips per timed pass (default 100)")
     load.add_argument(
         "--repeat",
@@ -145,11 +153,18 @@ def _bench_load(args: argparse.Namespace) -> int:
     from cpd.video.transforms import default_scale_range, make_generator
 
     torch.set_num_threads(1)
-    videos = list(args.videos)
+    videos = [v for v in args.videos if not v.endswith(".tar")]
+    tars = [v for v in args.videos if v.endswith(".tar")]
     if args.make_sample:
         videos.append(str(write_sample(args.make_sample)))
+    scratch = tempfile.TemporaryDirectory(prefix="cpd-bench-")
+    if tars:  # the shards' videos as files too, in shard order
+        videos += _unpack(tars, Path(scratch.name))
     if not videos:
         raise SystemExit("cpd bench load: give VIDEO files or --make-sample PATH")
+    shard = None
+    if tars or args.shards:
+        shard = _ShardCycle(tars or [_pack(videos, Path(scratch.name) / "bench.tar")])
     nf, stride, crop = args.num_frames, args.stride, args.crop_size
     scale_range = default_scale_range(crop)
 
@@ -173,7 +188,13 @@ def _bench_load(args: argparse.Namespace) -> int:
         rngs = random.Random(i), np.random.default_rng(i)
         official_clip(path, *rngs, nf, stride, crop, scale_range, stats)
 
+    def streamed(i: int, stats: DecodeStats) -> None:
+        assert shard is not None
+        load_clip(shard.get(i % len(videos)), nf, stride, crop, train=True, seed=i, stats=stats)
+
     loaders = {"ours": ours, "ours_cold_index": ours_cold, "bound": bound, "official": official}
+    if shard is not None:
+        loaders["shards"] = streamed
     names = list(loaders)
     wall: dict[str, list[float]] = {k: [] for k in loaders}
     cpu: dict[str, list[float]] = {k: [] for k in loaders}
@@ -227,8 +248,65 @@ def _bench_load(args: argparse.Namespace) -> int:
         "threads": torch.get_num_threads(),
         "videos": videos,
     }
+    if shard is not None:
+        # the same clips streamed from the tar: reading it sequentially, decoding from memory
+        result["shard_clips_per_s"] = round(w["shards"], 2)
+        result["shard_vs_files"] = round(w["shards"] / w["ours"], 3)
+        result["shards"] = shard.tars
+    scratch.cleanup()
     print(json.dumps(result))
     return 0
+
+
+def _pack(videos: list[str], tar: Path) -> Path:
+    """One shard holding ``videos`` in order (keys 000000000, 000000001, ...)."""
+    import webdataset as wds
+
+    with wds.TarWriter(str(tar)) as sink:
+        for k, video in enumerate(videos):
+            suffix = Path(video).suffix.lstrip(".").lower() or "mp4"
+            sink.write({"__key__": f"{k:09d}", suffix: Path(video).read_bytes(), "txt": b"bench"})
+    return tar
+
+
+def _unpack(tars: list[str], folder: Path) -> list[str]:
+    """The videos of the shards' samples written as files, in shard order."""
+    from cpd.data.shards import iter_shard
+
+    out = []
+    for s, url in enumerate(tars):
+        for raw in iter_shard(url, s):
+            suffix, data = raw.video()
+            path = folder / f"{s:05d}_{raw.key}.{suffix}"
+            path.write_bytes(data)
+            out.append(str(path))
+    return out
+
+
+class _ShardCycle:
+    """Sample ``k`` of the shards' sequence as :class:`~cpd.video.VideoBytes`, read forward
+    through the tars as a training stream reads them (restarting from the first tar when a
+    pass asks for an earlier sample)."""
+
+    def __init__(self, tars: list[str]) -> None:
+        self.tars = [str(t) for t in tars]
+        self.position, self.stream = 0, self._open()
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        from cpd.data.shards import iter_shard
+
+        return (raw for s, url in enumerate(self.tars) for raw in iter_shard(url, s))
+
+    def get(self, k: int):  # type: ignore[no-untyped-def]
+        from cpd.video.decode import VideoBytes
+
+        if k < self.position:
+            self.position, self.stream = 0, self._open()
+        while True:
+            raw = next(self.stream)
+            self.position += 1
+            if self.position - 1 == k:
+                return VideoBytes(f"{self.tars[raw.shard]}#{raw.key}", raw.video()[1])
 
 
 def _bench_step(args: argparse.Namespace) -> int:

@@ -6,10 +6,15 @@ per line). A CPD model gives unit video embeddings (the renormalised mean over -
 Videos that fail to decode are skipped and listed in results.json.
 
 --captions takes a .txt file (one caption per line; ids = line numbers) or a caption manifest
-(.jsonl / .csv / .json; ids = video ids) and needs a CPD model.
+(ids = video ids) and needs a CPD model. A manifest is read as cpd pretrain and cpd retrieval
+read it: --manifest-format (default auto; --format is the output format here), --video-key,
+--caption-key, --id-key, and --bad-rows skip (bad rows left out, written to OUT/bad_rows.jsonl).
 
 --format npy writes OUT/<videos|texts>.npy (float32 [N, D]) and <name>_ids.json;
 --format safetensors writes <name>.safetensors (tensor "embeddings", ids in the metadata).
+--shards embeds every sample of webdataset shards (ids = the samples' keys): videos.npy and, for
+a CPD model, texts.npy (the captions), row for row.
+
 Under torchrun every process embeds a share and rank 0 writes the whole, in input order.
 
 Example:
@@ -20,7 +25,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any
 
+from cpd.commands.retrieval import (
+    add_manifest_arguments,
+    manifest_options,
+    manifest_protocol,
+    report_manifest,
+)
 from cpd.eval.common import add_common_arguments, add_view_arguments, run_command
 
 HELP = "write video or text embeddings with their ids (.npy or safetensors)"
@@ -32,12 +45,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--videos", nargs="+", metavar="VIDEO|GLOB|LIST", help="videos to embed")
     what.add_argument("--captions", metavar="FILE", help="captions to embed (.txt or manifest)")
+    what.add_argument("--shards", metavar="SHARDS",
+                      help="webdataset shards: their videos and (CPD model) captions")  # fmt: skip
     parser.add_argument("--root", help="video root of a caption manifest (default: its folder)")
     parser.add_argument("--format", default="npy", choices=("npy", "safetensors"),
                         help="output format (default npy)")  # fmt: skip
+    add_manifest_arguments(parser.add_argument_group("caption manifest"),
+                           format_flags=("--manifest-format",))  # fmt: skip
     add_view_arguments(parser, clips=1, crops=1, frames=8)
     add_common_arguments(parser)
     parser.set_defaults(out="embeddings")
+
+
+def _run_shards(args: argparse.Namespace) -> int:
+    """Videos (and captions, for a CPD model) of every sample of the shards, ids = keys."""
+    from cpd.errors import DataError
+    from cpd.eval.common import close_distributed, init_distributed, results_header, write_results
+    from cpd.eval.embed import video_feature_fn, write_embeddings
+    from cpd.eval.shards import embed_shards
+    from cpd.models import CPDModel, load_model
+
+    env = init_distributed(args.device, args.quiet)
+    try:
+        model = load_model(args.checkpoint, env.device)
+        fn, dim = video_feature_fn(model)
+        got = embed_shards(model, args.shards, env, video_fn=fn, dim=dim,
+                           num_clips=args.num_clips, num_crops=args.num_crops,
+                           num_frames=args.num_frames, stride=args.stride,
+                           crop_size=args.crop_size, batch_size=args.batch_size,
+                           workers=args.workers, index_dirs=[args.out],
+                           texts=isinstance(model, CPDModel))  # fmt: skip
+    finally:
+        close_distributed(env)
+    if not env.main:
+        return 0
+    if not got.keys:
+        raise DataError(f"{args.shards}: no sample could be read and decoded")
+    files = write_embeddings(args.out, "videos", got.videos.float(), got.keys, args.format)
+    if got.texts is not None:
+        files += write_embeddings(args.out, "texts", got.texts.float(), got.keys, args.format)
+    results = results_header("embed", args.checkpoint, env)
+    results["protocol"] = {k: getattr(args, k) for k in ("shards", "format", "num_clips",
+                           "num_crops", "num_frames", "stride", "crop_size")}  # fmt: skip
+    results.update(kind="shards", num=len(got.keys), dim=int(got.videos.shape[1]),
+                   files=[str(f) for f in files], num_failed=len(got.missing),
+                   failed=[{"row": r} for r in got.missing], seeds=None)  # fmt: skip
+    write_results(args.out, results)
+    print(f"{len(got.keys)} samples x {got.videos.shape[1]} -> {', '.join(str(f) for f in files)}")
+    if got.missing:
+        print(f"{len(got.missing)} samples could not be read or decoded and were skipped",
+              file=sys.stderr)  # fmt: skip
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -57,7 +115,12 @@ def _run(args: argparse.Namespace) -> int:
     from cpd.eval.multiview import collect_video_outputs, multiview_dataset
     from cpd.models import load_model
 
-    if args.captions:
+    manifest: dict = {}
+    if args.captions and Path(args.captions).suffix.lower() != ".txt":
+        texts, ids, report = _read_manifest(args)
+        skip_dir = args.out if args.bad_rows == "skip" else None
+        manifest = {"protocol": manifest_protocol(args), "report": report, "dir": skip_dir}
+    elif args.captions:
         texts, ids = read_caption_inputs(args.captions, args.root)
     else:
         paths = expand_video_inputs(args.videos)
@@ -93,6 +156,9 @@ def _run(args: argparse.Namespace) -> int:
                            "num_frames", "stride", "crop_size")}  # fmt: skip
     results.update(kind=name, num=len(ids), dim=int(emb.shape[1]), files=[str(f) for f in files],
                    num_failed=len(failed), failed=failed, seeds=None)  # fmt: skip
+    if manifest:
+        results["protocol"].update(manifest["protocol"])
+        results.update(report_manifest(manifest["report"], manifest["dir"]))
     write_results(args.out, results)
     print(f"{len(ids)} {name} x {emb.shape[1]} -> {', '.join(str(f) for f in files)}")
     if failed:
@@ -100,6 +166,21 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_manifest(args: argparse.Namespace) -> tuple[list[str], list[str], Any]:
+    """``(texts, ids, report)`` of the caption manifest ``--captions`` (ids = video ids, repeated
+    for several captions of one video), read with the manifest options."""
+    from cpd.data import read_caption_manifest
+    from cpd.data.manifests import ManifestReport
+    from cpd.errors import DataError
+
+    report = ManifestReport()
+    root = args.root if args.root is not None else Path(args.captions).parent
+    records = read_caption_manifest(args.captions, root, **manifest_options(args), report=report)
+    if not records:
+        raise DataError(f"{args.captions}: no captions")
+    return [r.caption for r in records], [r.video_id for r in records], report
+
+
 def run(args: argparse.Namespace) -> int:
     """Embed; exit status 2 for bad input."""
-    return run_command("embed", _run, args)
+    return run_command("embed", _run_shards if args.shards else _run, args)

@@ -10,14 +10,25 @@ fail to decode are left out with their captions, and counted.
 
 CHECKPOINT must be a CPD model with its text tower. Writes results.json to --out.
 
-Example:
+The manifest is read as cpd pretrain reads it: --format (alias --manifest-format; default auto,
+from the content and suffix), --video-key (a column, or a template over the columns such as
+'{videoid}.mp4'), --caption-key and --id-key name its columns; rows whose `status` is not
+"success" (video2dataset) are left out and counted; --bad-rows skip leaves rows with problems
+out, counts them and writes them to OUT/bad_rows.jsonl instead of stopping.
+
+--shards reads webdataset shards instead (video2dataset's layout: {key}.mp4 with {key}.txt or a
+"caption" in {key}.json); each sample's caption is the query for its own video.
+
+Examples:
   cpd retrieval runs/synth/export --captions data/synth/captions.jsonl --root data/synth
+  cpd retrieval runs/synth/export --shards "val_shards/{00000..00003}.tar" --out eval/ret
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from cpd.eval.common import add_common_arguments, add_view_arguments, pct, run_command
@@ -29,12 +40,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``cpd retrieval``."""
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="CPD model with text tower")
     g = parser.add_argument_group("captions")
-    g.add_argument("--captions", required=True, help="caption manifest (.jsonl, .csv, .json)")
+    g.add_argument("--captions", help="caption manifest (.jsonl, .csv, .json)")
+    g.add_argument("--shards", help="or webdataset shards (a directory, a brace pattern, a URL): "
+                   "each sample's video against its own caption")  # fmt: skip
     g.add_argument("--root", help="video root (default: the manifest's folder)")
     g.add_argument("--split", default="val", help="manifest split to use; 'all' for every pair")
+    add_manifest_arguments(g, format_flags=("--format", "--manifest-format"))
     g.add_argument("--chunk-size", type=int, default=4096, help="query rows per similarity block")
     add_view_arguments(parser, clips=1, crops=1, frames=8)
     add_common_arguments(parser)
+
+
+def add_manifest_arguments(
+    group: argparse._ArgumentGroup | argparse.ArgumentParser, format_flags: tuple[str, ...]
+) -> None:
+    """The options that say how to read a caption manifest (``cpd retrieval``, ``cpd embed``):
+    its format, the columns of its videos, captions and ids, and what to do with bad rows."""
+    from cpd.data.manifests import FORMATS
+
+    group.add_argument(*format_flags, dest="manifest_format", default="auto", metavar="FORMAT",
+                       choices=("auto", *FORMATS),
+                       help=f"manifest format: auto (default: from the content and suffix), "
+                       f"{', '.join(FORMATS)}")  # fmt: skip
+    group.add_argument("--video-key", default="video",
+                       help="column of the video path relative to --root, or a template over the "
+                       "columns, e.g. '{videoid}.mp4' (default: video)")  # fmt: skip
+    group.add_argument("--caption-key", default="caption", help="caption column (default caption)")
+    group.add_argument("--id-key", default="id", help="video-id column (default id; optional)")
+    group.add_argument("--bad-rows", default="error", choices=("error", "skip"),
+                       help="error (default): one error listing every bad manifest row; skip: "
+                       "leave them out, count them and write them to OUT/bad_rows.jsonl")  # fmt: skip
+
+
+def manifest_options(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`cpd.data.read_caption_manifest` keyword arguments from the manifest options."""
+    return {"format": None if args.manifest_format == "auto" else args.manifest_format,
+            "video_key": args.video_key, "caption_key": args.caption_key,
+            "id_key": args.id_key, "bad_rows": args.bad_rows}  # fmt: skip
+
+
+def manifest_protocol(args: argparse.Namespace) -> dict[str, Any]:
+    """The manifest options as results.json records them (the format as ``manifest_format``)."""
+    options = manifest_options(args)
+    return {"manifest_format": options.pop("format") or "auto", **options}
+
+
+def report_manifest(report: Any, bad_rows_dir: str | None) -> dict[str, Any]:
+    """Write the rows a :class:`~cpd.data.manifests.ManifestReport` skipped to
+    ``bad_rows_dir/bad_rows.jsonl`` (when given: ``--bad-rows skip``), tell stderr what was left
+    out, and return the counts for results.json."""
+    if bad_rows_dir is not None:
+        path = report.write_bad_rows(Path(bad_rows_dir) / "bad_rows.jsonl")
+        if report.bad_rows:
+            print(f"{report.num_bad_rows} bad manifest rows were skipped: see {path}",
+                  file=sys.stderr)  # fmt: skip
+    if report.not_written:
+        print(f"{report.num_not_written} manifest rows have a status other than 'success' (no "
+              "video was written) and were left out", file=sys.stderr)  # fmt: skip
+    return {"num_bad_rows": report.num_bad_rows, "num_not_written": report.num_not_written,
+            "not_written": dict(report.not_written)}  # fmt: skip
 
 
 def group_by_video(records: list[Any]) -> tuple[list[Any], list[int]]:
@@ -65,13 +129,51 @@ def format_results(m: dict) -> str:
     return "\n".join(lines)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def _run_shards(args: argparse.Namespace) -> int:
+    """Retrieval among the samples of shards: caption ``i`` belongs to video ``i``."""
+    from cpd.commands.zeroshot import load_cpd_model
+    from cpd.errors import DataError
+    from cpd.eval.common import close_distributed, init_distributed, results_header, write_results
+    from cpd.eval.retrieval import retrieval_metrics
+    from cpd.eval.shards import embed_shards
+    from cpd.eval.zeroshot import video_embedding_fn
 
+    env = init_distributed(args.device, args.quiet)
+    try:
+        model = load_cpd_model(args.checkpoint, env.device)
+        got = embed_shards(model, args.shards, env, video_fn=video_embedding_fn(model),
+                           dim=model.embed_dim, num_clips=args.num_clips,
+                           num_crops=args.num_crops, num_frames=args.num_frames,
+                           stride=args.stride, crop_size=args.crop_size,
+                           batch_size=args.batch_size, workers=args.workers,
+                           index_dirs=[args.out] if args.out else [])  # fmt: skip
+    finally:
+        close_distributed(env)
+    if not env.main:
+        return 0
+    if not len(got.rows):
+        raise DataError(f"{args.shards}: no sample could be read and decoded")
+    metrics = retrieval_metrics(got.videos, got.texts, chunk_size=args.chunk_size)
+    results = results_header("retrieval", args.checkpoint, env)
+    results["protocol"] = {k: getattr(args, k) for k in ("shards", "num_clips", "num_crops",
+                           "num_frames", "stride", "crop_size", "chunk_size")}  # fmt: skip
+    results.update(seeds=None, metrics=metrics, num_failed=len(got.missing),
+                   failed=[{"row": r} for r in got.missing])  # fmt: skip
+    if args.out:
+        write_results(args.out, results)
+    print(format_results(metrics))
+    if got.missing:
+        print(f"{len(got.missing)} of {got.total} samples could not be read or decoded and were "
+              "left out (the log names them)", file=sys.stderr)  # fmt: skip
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from cpd.commands.zeroshot import load_cpd_model
     from cpd.data import read_caption_manifest
+    from cpd.data.manifests import ManifestReport
     from cpd.errors import DataError
     from cpd.eval.common import close_distributed, init_distributed, results_header, write_results
     from cpd.eval.embed import embed_texts
@@ -81,7 +183,11 @@ def _run(args: argparse.Namespace) -> int:
 
     root = args.root or Path(args.captions).parent
     split = None if args.split == "all" else args.split
-    records = read_caption_manifest(args.captions, root, split)
+    if args.bad_rows == "skip" and not args.out:
+        raise DataError("--bad-rows skip needs --out (the folder that receives bad_rows.jsonl)")
+    report = ManifestReport()
+    records = read_caption_manifest(args.captions, root, split, **manifest_options(args),
+                                    report=report)  # fmt: skip
     if not records:
         raise DataError(f"{args.captions}: no captions in split {args.split!r}")
     videos, text_to_video = group_by_video(records)
@@ -114,6 +220,8 @@ def _run(args: argparse.Namespace) -> int:
     results["protocol"] = {k: getattr(args, k) for k in ("captions", "split", "num_clips",
                            "num_crops", "num_frames", "stride", "crop_size", "chunk_size")}  # fmt: skip
     results["protocol"]["root"] = str(root)
+    results["protocol"].update(manifest_protocol(args))
+    results.update(report_manifest(report, args.out if args.bad_rows == "skip" else None))
     results["seeds"] = None
     results["metrics"] = metrics
     results["num_failed"] = len(out.failed)
@@ -128,4 +236,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate; exit status 2 for bad input."""
-    return run_command("retrieval", _run, args)
+    if bool(args.captions) == bool(args.shards):
+        print("cpd retrieval: give exactly one of --captions and --shards", file=sys.stderr)
+        return 2
+    return run_command("retrieval", _run_shards if args.shards else _run, args)

@@ -15,6 +15,7 @@ exists), the YAML file given with ``--config``, then ``key=value`` overrides.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,10 +40,18 @@ class DataConfig:
     """Video-caption pairs and how clips are cut from them.
 
     Attributes:
-        manifest: caption manifest (``.jsonl``/``.csv``/Instagram ``.json``); ``cpd synth OUT``
-            writes ``OUT/captions.jsonl``.
+        manifest: caption manifest (JSON Lines, CSV/TSV, Parquet, a JSON list, or the
+            Instagram ``.json``); ``cpd synth OUT`` writes ``OUT/captions.jsonl``.
         root: directory the manifest's video paths are relative to (default: the manifest's).
-        format: manifest format, default from the suffix ("jsonl", "csv", "instagram").
+        format: manifest format: null (auto: from the content and suffix) or "instagram",
+            "jsonl", "json", "csv", "tsv", "parquet"; a format the content contradicts is an
+            error.
+        video_key: the column holding each video's path relative to ``root``, or a template
+            over the row's columns (``"{videoid}.mp4"``, ``"{page_dir}/{videoid}.mp4"``).
+        caption_key: the caption column.
+        id_key: the video-id column (optional per row; a key other than "id" must exist).
+        bad_rows: "error" (one error listing every bad row) or "skip" (leave bad rows out, count
+            them, and write them to ``bad_rows.jsonl`` in the run directory).
         train_split / val_split: split names in the manifest (val: "" = no validation set).
         num_frames / stride / crop_size: clip shape (8 frames every 4th frame, 224 crops).
         scale_range: short-side scale jitter ``[lo, hi]`` (default: [256, 340] for 224 crops,
@@ -57,11 +66,22 @@ class DataConfig:
         max_failure_ratio: stop when more than this fraction of videos fail to decode.
         group_by: a manifest column whose equal values go into the same batch (whole groups;
             the synthetic set's "group": one appearance with several motions).
+        shards: training pairs from webdataset tar shards instead of a manifest: a directory,
+            a brace pattern (``shards/{00000..00999}.tar``), a glob, or fsspec URLs
+            (``s3://``, ``gs://``, ``https://``, ``file://``); video2dataset's layout reads as is.
+        val_shards: validation pairs from shards (the same forms); null = no validation set
+            when training from shards.
+        shuffle_buffer: samples each loader worker shuffles among while streaming shards (the
+            shard order is shuffled too, every epoch).
     """
 
     manifest: str = ""
     root: str | None = None
-    format: str | None = None
+    format: Literal["instagram", "jsonl", "json", "csv", "tsv", "parquet", "auto"] | None = None
+    video_key: str = "video"
+    caption_key: str = "caption"
+    id_key: str = "id"
+    bad_rows: Literal["error", "skip"] = "error"
     train_split: str = "train"
     val_split: str = "val"
     num_frames: int = 8
@@ -76,6 +96,34 @@ class DataConfig:
     max_tokens: int = 64
     max_failure_ratio: float = 0.05
     group_by: str | None = None
+    shards: str | None = None
+    val_shards: str | None = None
+    shuffle_buffer: int = 1000
+
+    #: Keys whose ``key=value`` overrides are taken as text as they are: a template such as
+    #: ``{videoid}.mp4`` is not YAML (nor, alone in its braces, a string).
+    TEXT_KEYS = ("video_key", "caption_key", "id_key")
+
+    def manifest_options(self) -> dict[str, str]:
+        """The keyword arguments of :func:`cpd.data.read_caption_manifest` that pick columns
+        and the bad-row policy."""
+        return {"video_key": self.video_key, "caption_key": self.caption_key,
+                "id_key": self.id_key, "bad_rows": self.bad_rows}  # fmt: skip
+
+    @classmethod
+    def quote_overrides(cls, overrides: list[str], section: str = "data") -> list[str]:
+        """``overrides`` with the values of :attr:`TEXT_KEYS` quoted as YAML strings (a value
+        already in quotes is left alone), so that ``data.video_key={videoid}.mp4`` works."""
+        out = []
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            name = key.strip().removeprefix(f"{section}.")
+            if sep and name != key.strip() and name in cls.TEXT_KEYS:
+                text = raw.strip()
+                if not (len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""):
+                    item = f"{key}={json.dumps(text)}"
+            out.append(item)
+        return out
 
 
 @dataclass
@@ -122,6 +170,10 @@ class OptimConfig:
         channels_last: channels-last 3D memory format for the video tower.
         sync_bn: convert BatchNorm to SyncBatchNorm under DDP; null = on for CUDA with several
             processes (gloo on CPU has no SyncBatchNorm).
+        cache_text_features: while the text encoder is frozen (stage I), cache its pooled
+            features, N x hidden fp16 per process (10M captions x 768: 15.4 GB); false runs the
+            frozen encoder on every step's captions instead, for corpora whose cache does not
+            fit in memory.
     """
 
     batch_size: int = 256
@@ -136,6 +188,7 @@ class OptimConfig:
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     channels_last: bool = True
     sync_bn: bool | None = None
+    cache_text_features: bool = True
 
 
 @dataclass
@@ -230,7 +283,7 @@ def load_pretrain_config(
 ) -> PretrainConfig:
     """Defaults, then the YAML file or preset ``config``, then ``key=value`` ``overrides``."""
     path = find_preset(config) if config else None
-    cfg = load_config(PretrainConfig, path, overrides)
+    cfg = load_config(PretrainConfig, path, DataConfig.quote_overrides(overrides or []))
     check_config(cfg)
     return cfg
 

@@ -24,6 +24,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from cpd.config import ConfigError
 from cpd.data import VideoCaptionDataset, collate, read_caption_manifest
 from cpd.data.datasets import derive_seed
+from cpd.data.shards import load_shard_index
+from cpd.data.stream import ShardDataset, shard_records
 from cpd.train.config import DataConfig
 
 __all__ = [
@@ -130,8 +132,8 @@ def resolve_hflip(cfg: DataConfig) -> float:
 class PretrainData:
     """The training and validation datasets (validation None when off or empty)."""
 
-    train: VideoCaptionDataset
-    val: VideoCaptionDataset | None
+    train: VideoCaptionDataset | ShardDataset
+    val: VideoCaptionDataset | ShardDataset | None
     hflip: float
     train_groups: list[Hashable] | None = None  # from data.group_by, one per training pair
 
@@ -147,10 +149,69 @@ def _clip_loader(cfg: DataConfig, scale_range: tuple[int, int] | None) -> Any:
     return FrameCache(short_side=short, max_bytes=int(cfg.cache_max_gb * 1e9))
 
 
+def _shard_data(
+    cfg: DataConfig, tokenizer: Any, *, seed: int, val: bool, progress: bool,
+    index_dir: str | Path | None,
+) -> PretrainData:  # fmt: skip
+    """Datasets streamed from ``data.shards`` (and ``data.val_shards``), or, with
+    ``data.cache_frames``, read once into the frame cache and served like a manifest's."""
+    if cfg.group_by:
+        # the synthetic preset batches by its manifest's group column; a stream has no
+        # random access to compose batches from, so shards train on the planned order
+        log.warning(
+            "data.group_by=%s is a manifest option: not used with data.shards", cfg.group_by
+        )
+    dirs = [index_dir] if index_dir is not None else []
+    spec = cfg.shards or ""
+    first = spec.split("::")[0]
+    hflip = cfg.hflip
+    if hflip is None:
+        declared = None if "://" in first else declared_hflip([Path(first), Path(first).parent])
+        hflip = 0.5 if declared is None else declared
+    scale = tuple(cfg.scale_range) if cfg.scale_range else None
+    common = dict(num_frames=cfg.num_frames, stride=cfg.stride, crop_size=cfg.crop_size,
+                  seed=seed, max_tokens=cfg.max_tokens,
+                  max_failure_ratio=cfg.max_failure_ratio)  # fmt: skip
+    index = load_shard_index(spec, dirs, progress=progress)
+    val_index = load_shard_index(cfg.val_shards, dirs) if val and cfg.val_shards else None
+    log.info("shards: %d training pairs in %d shards", index.total, len(index.urls))
+    if cfg.cache_frames:
+        cache = _clip_loader(cfg, scale)  # type: ignore[arg-type]
+        records, videos = shard_records(index, caption_key=getattr(cfg, "caption_key", "caption"))
+        train = VideoCaptionDataset(records, tokenizer, train=True, hflip=hflip,
+                                    scale_range=scale, loader=cache, **common)  # fmt: skip
+        val_set = None
+        if val_index is not None:
+            val_records, val_videos = shard_records(
+                val_index, caption_key=getattr(cfg, "caption_key", "caption")
+            )
+            videos += val_videos
+            val_set = VideoCaptionDataset(val_records, tokenizer, train=False, hflip=0.0,
+                                          loader=cache, **common)  # fmt: skip
+        cache.fill(videos, workers=max(cfg.workers, 1), progress=progress)
+        return PretrainData(train, val_set, hflip)
+    stream = dict(
+        buffer=cfg.shuffle_buffer, caption_key=getattr(cfg, "caption_key", "caption"), **common
+    )
+    train_stream = ShardDataset(index, tokenizer, train=True, hflip=hflip, scale_range=scale,
+                                **stream)  # fmt: skip
+    val_stream = None
+    if val_index is not None:
+        val_stream = ShardDataset(val_index, tokenizer, train=False, hflip=0.0, **stream)
+    return PretrainData(train_stream, val_stream, hflip)  # type: ignore[arg-type]
+
+
 def build_data(
-    cfg: DataConfig, tokenizer: Any, *, seed: int, val: bool, progress: bool = True
-) -> PretrainData:
-    """Read the manifest's splits and build the datasets (validation clips in test mode)."""
+    cfg: DataConfig, tokenizer: Any, *, seed: int, val: bool, progress: bool = True,
+    index_dir: str | Path | None = None,
+    bad_rows_file: str | Path | None = None,
+) -> PretrainData:  # fmt: skip
+    """Read the manifest's splits (or the shards) and build the datasets (validation clips in
+    test mode). ``index_dir``: where a shard index is kept when it cannot go beside the shards.
+    ``bad_rows_file``: where the manifest rows left out under ``data.bad_rows=skip`` go."""
+    if cfg.shards:
+        return _shard_data(cfg, tokenizer, seed=seed, val=val, progress=progress,
+                           index_dir=index_dir)  # fmt: skip
     if not cfg.manifest:
         raise ConfigError("data.manifest: required (e.g. OUT/captions.jsonl from `cpd synth OUT`)")
     root = cfg.root if cfg.root is not None else str(Path(cfg.manifest).parent)
@@ -166,7 +227,8 @@ def build_data(
         max_failure_ratio=cfg.max_failure_ratio,
         loader=loader,
     )
-    records = read_caption_manifest(cfg.manifest, root, cfg.train_split or None, cfg.format)
+    records = read_caption_manifest(cfg.manifest, root, cfg.train_split or None, cfg.format,
+                                    **cfg.manifest_options(), bad_rows_file=bad_rows_file)  # fmt: skip
     if not records:
         raise ConfigError(f"data.train_split: no {cfg.train_split!r} pairs in {cfg.manifest}")
     train = VideoCaptionDataset(
@@ -183,7 +245,8 @@ def build_data(
         groups = [r.meta[cfg.group_by] for r in records]
     val_set = None
     if val and cfg.val_split:
-        val_records = read_caption_manifest(cfg.manifest, root, cfg.val_split, cfg.format)
+        val_records = read_caption_manifest(cfg.manifest, root, cfg.val_split, cfg.format,
+                                            **cfg.manifest_options())  # fmt: skip
         if val_records:
             val_set = VideoCaptionDataset(val_records, tokenizer, train=False, hflip=0.0, **common)
         else:
@@ -217,6 +280,13 @@ def make_loader(
     (:class:`GroupedSampler`).
     """
     dataset.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(derive_seed(seed, epoch, 0, stream=7))
+    if isinstance(dataset, ShardDataset):  # the dataset plans its own order (cpd.data.stream)
+        dataset.configure(epoch=epoch, rank=rank, world_size=world_size, workers=workers,
+                          batch_size=batch_size, skip_batches=skip_batches if train else 0)  # fmt: skip
+        return DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                          pin_memory=torch.cuda.is_available(), generator=generator,
+                          persistent_workers=False)  # fmt: skip
     sampler: GroupedSampler | DistributedSampler
     if train and groups is not None:
         sampler = GroupedSampler(
@@ -230,7 +300,6 @@ def make_loader(
     skipping = SkipSampler(sampler)
     skipping.skip = skip_batches * batch_size
     # The loader's own generator (worker base seeds) comes from (seed, epoch), not global state.
-    generator = torch.Generator().manual_seed(derive_seed(seed, epoch, 0, stream=7))
     return DataLoader(
         dataset,
         batch_size=batch_size,

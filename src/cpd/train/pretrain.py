@@ -176,8 +176,10 @@ def evaluate_retrieval(
     local_v = torch.cat(videos) if videos else torch.zeros(0, dim, device=device)
     local_t = torch.cat(texts) if texts else torch.zeros(0, dim, device=device)
     local_i = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=device)
-    all_v, _ = gather_embeddings(local_v, local_i, num_samples=len(dataset))
-    all_t, _ = gather_embeddings(local_t, local_i, num_samples=len(dataset))
+    # a stream skips (and counts) what it cannot read in evaluation: no exact count to check
+    expected = None if hasattr(dataset, "skipped") else len(dataset)
+    all_v, _ = gather_embeddings(local_v, local_i, num_samples=expected)
+    all_t, _ = gather_embeddings(local_t, local_i, num_samples=expected)
     model.train(was_training)
     metrics = retrieval_metrics(all_v.cpu(), all_t.cpu())
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -240,8 +242,15 @@ class Trainer(Resumable):
             self.text_cache = None  # its features are stale once the encoder trains
         else:
             text.freeze()
-            self.text_cache = TextFeatureCache(len(self.data.train), text.hidden_size)
-            self._warm_text_cache()
+            self.text_cache = None  # no cache: pretrain_step runs the frozen encoder every step
+            if self.cfg.optim.cache_text_features:
+                self.text_cache = TextFeatureCache(len(self.data.train), text.hidden_size)
+                self.logger.message(
+                    f"text-feature cache: {len(self.data.train):,} captions x "
+                    f"{text.hidden_size} fp16, up to {self.text_cache.nbytes / 1e9:.2f} GB "
+                    "in memory (optim.cache_text_features=false recomputes them instead)"
+                )
+                self._warm_text_cache()
         self.model.train()
         # DDP registers the parameters that need gradients when it is built: rebuild it.
         self.wrapped = self.model
@@ -258,6 +267,12 @@ class Trainer(Resumable):
         chunks, so cached features never depend on which batch first met a caption."""
         assert self.text_cache is not None
         ds, dev = self.data.train, self.env.device
+        if not hasattr(ds, "input_ids"):
+            # A streaming dataset tokenises each caption as it reads it and has no table of all
+            # of them to warm from (nor room for one at scale): the cache then fills lazily as
+            # batches bring the captions, so a row may differ in its last bits with the batch
+            # that computed it.
+            return
         for start in range(0, len(ds), chunk):
             stop = min(start + chunk, len(ds))
             with autocast_context(dev, self.amp_dtype):
@@ -390,8 +405,9 @@ def build(cfg: PretrainConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
         model = build_model(cfg.model)
     assert isinstance(model, CPDModel)
     data = build_data(cfg.data, model.textual_encoder.tokenizer, seed=cfg.run.seed,
-                      val=cfg.run.val_every > 0,
-                      progress=cfg.run.progress and env.main)  # fmt: skip
+                      val=cfg.run.val_every > 0, progress=cfg.run.progress and env.main,
+                      index_dir=run_dir,
+                      bad_rows_file=run_dir / "bad_rows.jsonl" if env.main else None)  # fmt: skip
     if len(data.train) < cfg.optim.batch_size:
         raise ConfigError(
             f"optim.batch_size={cfg.optim.batch_size} exceeds the {len(data.train)} training pairs"

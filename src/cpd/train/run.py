@@ -223,6 +223,9 @@ class Resumable:
     @property
     def steps_per_epoch(self) -> int:
         """Full batches per epoch on each rank (the sampler pads ranks to equal lengths)."""
+        planned = getattr(self.data.train, "batches_per_epoch", None)
+        if planned is not None:  # a streaming dataset plans its own epochs
+            return int(planned(self.env.world_size, self.batch_per_rank))
         per_rank = -(-len(self.data.train) // self.env.world_size)
         return per_rank // self.batch_per_rank
 

@@ -1,0 +1,134 @@
+"""Video and caption embeddings of every sample of a set of shards, exact under torchrun.
+
+Each rank streams its contiguous share of the shards (:mod:`cpd.data.stream`, evaluation
+plan: every sample exactly once over all ranks and loader workers), embeds each video from
+its test views (``num_clips x num_crops``, as :func:`cpd.video.load_clips` cuts them) and each
+caption, and the rows are gathered by their global row, so several processes give the
+single-process result. A sample that cannot be read or decoded is left out; the rows that are
+missing after the gather are reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cpd.data.datasets import collate
+from cpd.data.shards import load_shard_index
+from cpd.data.stream import ShardDataset
+from cpd.eval.gather import gather_embeddings
+
+__all__ = ["ShardEmbeddings", "embed_shards"]
+
+
+@dataclass
+class ShardEmbeddings:
+    """Embeddings of the readable samples, in row order."""
+
+    videos: torch.Tensor  # float64 [n, D]
+    texts: torch.Tensor | None  # float64 [n, D] (None for a classifier)
+    rows: torch.Tensor  # int64 [n], strictly increasing
+    keys: list[str]
+    missing: list[int]  # rows of the shards that could not be read or decoded
+    total: int  # rows the shards hold
+
+
+class _Views:
+    """``load_clips`` behind the clip loader's call signature (train-time arguments ignored)."""
+
+    def __init__(self, num_clips: int, num_crops: int) -> None:
+        self.num_clips, self.num_crops = num_clips, num_crops
+
+    def __call__(self, source: Any, *, num_frames: int, stride: int, crop_size: int,
+                 **_: Any) -> torch.Tensor:  # fmt: skip
+        from cpd.video import load_clips
+
+        return load_clips(source, num_clips=self.num_clips, num_crops=self.num_crops,
+                          num_frames=num_frames, stride=stride, crop_size=crop_size)  # fmt: skip
+
+
+def _gather_objects(items: list[Any], env: Any) -> list[Any]:
+    """Every rank's ``items``, concatenated in rank order."""
+    if env.world_size == 1:
+        return items
+    out: list[list[Any]] = [[] for _ in range(env.world_size)]
+    torch.distributed.all_gather_object(out, items)
+    return [x for part in out for x in part]
+
+
+@torch.no_grad()
+def embed_shards(
+    model: Any,
+    shards: str | Sequence[str],
+    env: Any,
+    *,
+    video_fn: Callable[[torch.Tensor], torch.Tensor],
+    dim: int,
+    num_clips: int = 1,
+    num_crops: int = 1,
+    num_frames: int = 8,
+    stride: int = 4,
+    crop_size: int = 112,
+    batch_size: int = 8,
+    workers: int = 0,
+    caption_key: str = "caption",
+    index_dirs: Sequence[str | Path] = (),
+    texts: bool = True,
+) -> ShardEmbeddings:
+    """Embed every sample of ``shards``: ``video_fn(views [V, 3, T, S, S]) -> [dim]`` for the
+    videos, ``model.encode_tokens`` (unit vectors) for the captions when ``texts``.
+    Collective under a process group: call it on every rank."""
+    from cpd.eval.common import progress
+
+    index = load_shard_index(shards, index_dirs)
+    tokenizer = model.textual_encoder.tokenizer if texts else _NoTokenizer()
+    dataset = ShardDataset(index, tokenizer, train=False, num_frames=num_frames, stride=stride,
+                           crop_size=crop_size, max_failure_ratio=1.0, caption_key=caption_key,
+                           loader=_Views(num_clips, num_crops))  # fmt: skip
+    dataset.configure(epoch=0, rank=env.rank, world_size=env.world_size, workers=workers,
+                      batch_size=batch_size)  # fmt: skip
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                         collate_fn=collate)  # fmt: skip
+    share = (
+        index.total * (env.rank + 1) // env.world_size - index.total * env.rank // env.world_size
+    )
+    vids, txts, rows, keys = [], [], [], []
+    bar = progress(loader, total=-(-share // batch_size), desc="shards", enabled=env.show_progress)
+    for batch in bar:
+        video = batch["video"].to(env.device, non_blocking=True)
+        vids += [video_fn(v).double().cpu() for v in video]
+        if texts:
+            t = model.encode_tokens(batch["input_ids"].to(env.device),
+                                    batch["attention_mask"].to(env.device))  # fmt: skip
+            txts.append(F.normalize(t.double(), dim=1).cpu())
+        rows.append(batch["index"])
+        keys += batch["key"]
+    local_v = torch.stack(vids) if vids else torch.zeros(0, dim, dtype=torch.float64)
+    local_r = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.int64)
+    device = env.device if env.world_size > 1 and env.device.type == "cuda" else "cpu"
+    all_v, all_r = gather_embeddings(local_v.to(device), local_r.to(device))
+    all_t = None
+    if texts:
+        local_t = torch.cat(txts) if txts else torch.zeros(0, dim, dtype=torch.float64)
+        all_t = gather_embeddings(local_t.to(device), local_r.to(device))[0].cpu()
+    by_row = dict(_gather_objects(list(zip(local_r.tolist(), keys, strict=True)), env))
+    ordered = all_r.cpu()
+    missing = sorted(set(range(index.total)) - set(ordered.tolist()))
+    return ShardEmbeddings(all_v.cpu(), all_t, ordered, [by_row[r] for r in ordered.tolist()],
+                           missing, index.total)  # fmt: skip
+
+
+class _NoTokenizer:
+    """Captions are not embedded (a classifier): give empty token rows."""
+
+    is_fast = False
+
+    def __call__(self, text: str, **kw: Any) -> dict[str, torch.Tensor]:
+        n = kw["max_length"]
+        return {"input_ids": torch.zeros(1, n, dtype=torch.long),
+                "attention_mask": torch.zeros(1, n, dtype=torch.long)}  # fmt: skip
