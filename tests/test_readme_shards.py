@@ -1,6 +1,7 @@
 """The README's shard path, through the `cpd` command line on tiny data: `cpd prepare --shards
 --split` (train in two parts, val whole), `cpd pretrain --config pretrain_synthetic_cpu
-data.shards=... data.val_shards=...`, then `cpd embed` and `cpd retrieval` on the val shards."""
+data.shards=... data.val_shards=...`, `cpd embed` and `cpd retrieval` on the val shards, and the
+paper preset on the same shards."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ FAST = ["--seconds", "0", "--short-side", "32", "--preset", "ultrafast", "--work
 
 
 def test_prepare_shards_then_pretrain_embed_retrieval(
-    tiny_synthetic, tiny_pretrain_overrides, tmp_path
+    tiny_synthetic, tiny_pretrain_overrides, tiny_text_encoder, tmp_path
 ):
     manifest = str(tiny_synthetic / "captions.jsonl")
     train, val = tmp_path / "shards" / "train", tmp_path / "shards" / "val"
@@ -43,3 +44,13 @@ def test_prepare_shards_then_pretrain_embed_retrieval(
                  *view]) == 0  # fmt: skip
     metrics = json.loads((tmp_path / "ret" / "results.json").read_text())["metrics"]
     assert metrics["num_videos"] == 4
+
+    # the paper preset on the same shards (shrunk as in test_instagram_path)
+    from tests.test_instagram_path import TINY
+
+    paper = tmp_path / "paper"
+    argv = ["pretrain", "--config", "pretrain_instagram_r50", f"data.shards={train}",
+            f"data.val_shards={val}", f"model.text_encoder={tiny_text_encoder}",
+            f"run.out={paper}", *TINY]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads((paper / "results.json").read_text())["global_step"] == 6  # 12 pairs / 2
