@@ -64,3 +64,14 @@ def test_bench_load_streams_the_same_clips_from_a_shard(tmp_path, capsys):
     assert main(["bench", "load", str(tar), "--clips", "4", "--repeat", "1"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["shards"] == [str(tar)] and len(out["videos"]) == 2 and out["shard_clips_per_s"] > 0
+
+
+def test_bench_load_with_files_and_a_shard_packs_them_all(tmp_path, capsys):
+    from cpd.commands.bench import _pack
+
+    videos = [str(write_video(tmp_path / f"v{i}.mp4", num_frames=60, width=160, height=96))
+              for i in range(2)]  # fmt: skip
+    tar = _pack(videos[:1], tmp_path / "00000.tar")
+    assert main(["bench", "load", videos[1], str(tar), "--clips", "4", "--repeat", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(out["videos"]) == 2 and out["shard_clips_per_s"] > 0

@@ -37,8 +37,10 @@ def synth_shards(tiny_synthetic, tmp_path_factory):
 
 
 def _overrides(base, shards, run_dir, *extra):
+    """Streaming from the shards (the CPU preset would otherwise decode them into its cache)."""
     return [*base, "data.manifest=", f"data.shards={shards / 'train'}",
-            f"data.val_shards={shards / 'val'}", f"run.out={run_dir}", *extra]  # fmt: skip
+            f"data.val_shards={shards / 'val'}", "data.cache_frames=false", f"run.out={run_dir}",
+            *extra]  # fmt: skip
 
 
 def _steps(run_dir):
@@ -46,11 +48,15 @@ def _steps(run_dir):
     return [r for r in rows if r["kind"] == "step"]
 
 
-@pytest.mark.parametrize("loss", ["nce", "infonce"])
-def test_pretrain_on_shards_exports_a_model(tiny_pretrain_overrides, synth_shards, tmp_path, loss):
+@pytest.mark.parametrize("loss,cache", [("nce", False), ("infonce", False), ("nce", True),
+                                        ("infonce", True)])  # fmt: skip
+def test_pretrain_on_shards_exports_a_model(
+    tiny_pretrain_overrides, synth_shards, tmp_path, loss, cache
+):
     run_dir = tmp_path / "run"
     cfg = load_pretrain_config("pretrain_synthetic_cpu", _overrides(
-        tiny_pretrain_overrides, synth_shards, run_dir, f"loss.kind={loss}"))  # fmt: skip
+        tiny_pretrain_overrides, synth_shards, run_dir, f"loss.kind={loss}",
+        f"data.cache_frames={str(cache).lower()}"))  # fmt: skip
     results = pretrain(cfg)
     assert [s["global_step"] for s in _steps(run_dir)] == list(range(1, 7))  # 12 pairs, batch 4
     assert results["final"]["val_t2v_num_queries"] == 4
@@ -173,3 +179,25 @@ def test_embed_and_retrieval_read_the_shards(tiny_pretrain_overrides, synth_shar
 
     again = retrieval_metrics(torch.from_numpy(videos).double(), torch.from_numpy(texts).double())
     assert again["t2v_r1"] == pytest.approx(metrics["t2v_r1"])
+
+
+def test_mid_epoch_resume_under_another_plan_is_refused(
+    tiny_pretrain_overrides, synth_shards, tmp_path, monkeypatch
+):
+    from cpd.errors import CheckpointError
+
+    run_dir = tmp_path / "run"
+    real, calls = StopSignal.should_stop, {"n": 0}
+
+    def stop_after_one(self, device):
+        real(self, device)
+        calls["n"] += 1
+        return calls["n"] == 1
+
+    monkeypatch.setattr(StopSignal, "should_stop", stop_after_one)
+    base = _overrides(tiny_pretrain_overrides, synth_shards, run_dir, "run.val_every=0")
+    with pytest.raises(TrainingInterrupted):
+        pretrain(load_pretrain_config("pretrain_synthetic_cpu", [*base, "data.workers=2"]))
+    monkeypatch.setattr(StopSignal, "should_stop", real)
+    with pytest.raises(CheckpointError, match=r"workers 2 -> 1"):
+        pretrain(load_pretrain_config("pretrain_synthetic_cpu", [*base, "data.workers=0"]))

@@ -109,9 +109,9 @@ def test_training_plan_partitions_the_epoch(shards, world, workers, batch):
     for rank in range(world):
         plans = plan_epoch(index, seed=3, epoch=1, rank=rank, world_size=world,
                            workers=workers, batch_size=batch, train=True, buffer=4)  # fmt: skip
-        steps = sum(p.num_batches for p in plans)
+        steps = sum(p.num_batches for p in plans.values())
         assert steps == (23 // world) // batch  # the same steps on every rank
-        for plan in plans:
+        for plan in plans.values():
             assert sorted(plan.order) == list(range(plan.size))
             assert plan.size == plan.num_batches * batch  # full batches only
             for seg in plan.segments:
@@ -215,3 +215,80 @@ def test_fsspec_urls_read_like_local_shards(shards, tmp_path):
         assert load_shard_index("memory://corpus/{00003..00004}.tar", scan=False).counts == [5, 3]
     finally:
         fs.rm("/corpus", recursive=True)
+
+
+def test_a_sample_that_never_comes_does_not_pull_the_part_into_memory(tmp_path, monkeypatch):
+    import cpd.data.stream as stream
+
+    samples = make_samples(200)
+    for i in range(10, 20):  # parquet says success, the tar has no caption: 10 rows never come
+        samples[i].update(txt=False, json=False)
+    write_v2d_shards(tmp_path / "s", samples, shard_size=50)
+    index = load_shard_index(str(tmp_path / "s"))
+    assert index.counts[0] == 50  # from the parquet; the tar holds 40 complete samples
+    counts = {"read": 0, "loaded": 0, "ahead": 0}
+    real_iter = stream.iter_shard
+
+    def counting_iter(*args, **kwargs):
+        for raw in real_iter(*args, **kwargs):
+            counts["read"] += 1
+            counts["ahead"] = max(counts["ahead"], counts["read"] - counts["loaded"])
+            yield raw
+
+    def counting_clip(source, **kwargs):
+        counts["loaded"] += 1
+        return fake_clip(source, **kwargs)
+
+    monkeypatch.setattr(stream, "iter_shard", counting_iter)
+    for train in (False, True):
+        counts.update(read=0, loaded=0, ahead=0)
+        ds = ShardDataset(index, FakeTokenizer(), train=train, loader=counting_clip,
+                          max_tokens=4, buffer=4, max_failure_ratio=0.5)  # fmt: skip
+        ds.configure(epoch=0, rank=0, world_size=1, workers=0, batch_size=5)
+        rows_of(DataLoader(ds, batch_size=5, collate_fn=collate))
+        assert counts["ahead"] <= 6, (train, counts)  # the buffer, not the rest of the part
+
+
+def test_a_read_error_keeps_the_samples_read_whole(tmp_path, caplog):
+    write_v2d_shards(tmp_path / "s", make_samples(6), shard_size=6)
+    tar = tmp_path / "s" / "00000.tar"
+    with tarfile.open(tar) as t:
+        cut = t.getmember("000000003.json").offset_data  # the 4th sample's first member
+    with open(tar, "r+b") as f:
+        f.truncate(cut + 1)
+    got = [r.position for r in iter_shard(str(tar), 0, on_error=lambda m: None)]
+    assert got == [0, 1, 2] and scan_shard(str(tar)) >= 3
+
+
+def test_replacements_never_join_their_own_batch(tmp_path):
+    samples = make_samples(24)
+    for i in (1, 2, 5, 9, 13, 14):
+        samples[i]["video"] = b"BAD" + bytes([i])
+    write_v2d_shards(tmp_path / "s", samples, shard_size=8)
+    index = load_shard_index(str(tmp_path / "s"))
+    ds = dataset(index, max_failure_ratio=0.9, buffer=6)
+    for epoch in range(6):
+        ds.configure(epoch=epoch, rank=0, world_size=1, workers=0, batch_size=4)
+        for batch in rows_of(DataLoader(ds, batch_size=4, collate_fn=collate)):
+            assert len(set(batch)) == len(batch), (epoch, batch)
+
+
+def test_index_file_keeps_the_entries_of_other_specs(shards):
+    load_shard_index(f"{shards}/{{00000..00001}}.tar")
+    load_shard_index(f"{shards}/{{00002..00004}}.tar")
+    import json
+
+    entries = json.loads((shards / "cpd-index.json").read_text())["shards"]
+    assert sorted(e["url"].rsplit("/", 1)[1] for e in entries) == [f"{i:05d}.tar" for i in range(5)]
+
+
+def test_a_missing_url_shard_is_named(shards):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/corpus2/00000.tar", (shards / "00000.tar").read_bytes())
+    try:
+        with pytest.raises(DataError, match="1 shard.*00001.tar"):
+            expand_shards("memory://corpus2/{00000..00001}.tar")
+    finally:
+        fs.rm("/corpus2", recursive=True)

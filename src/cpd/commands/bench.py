@@ -144,6 +144,12 @@ def write_sample(
 
 
 def _bench_load(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="cpd-bench-") as scratch:
+        return _bench_load_in(args, Path(scratch))
+
+
+def _bench_load_in(args: argparse.Namespace, scratch: Path) -> int:
+    """``cpd bench load`` with ``scratch`` for the unpacked or packed videos."""
     import torch
 
     from cpd.video import sampling
@@ -157,14 +163,17 @@ def _bench_load(args: argparse.Namespace) -> int:
     tars = [v for v in args.videos if v.endswith(".tar")]
     if args.make_sample:
         videos.append(str(write_sample(args.make_sample)))
-    scratch = tempfile.TemporaryDirectory(prefix="cpd-bench-")
+    _unpacked: list[str] = []
     if tars:  # the shards' videos as files too, in shard order
-        videos += _unpack(tars, Path(scratch.name))
+        _unpacked = _unpack(tars, scratch)
+        videos += _unpacked
     if not videos:
         raise SystemExit("cpd bench load: give VIDEO files or --make-sample PATH")
     shard = None
     if tars or args.shards:
-        shard = _ShardCycle(tars or [_pack(videos, Path(scratch.name) / "bench.tar")])
+        # the shard must hold exactly the videos the file loaders use, in their order
+        given = tars if len(tars) and len(videos) == len(_unpacked) else None
+        shard = _ShardCycle(given or [_pack(videos, scratch / "bench.tar")])
     nf, stride, crop = args.num_frames, args.stride, args.crop_size
     scale_range = default_scale_range(crop)
 
@@ -253,7 +262,6 @@ def _bench_load(args: argparse.Namespace) -> int:
         result["shard_clips_per_s"] = round(w["shards"], 2)
         result["shard_vs_files"] = round(w["shards"] / w["ours"], 3)
         result["shards"] = shard.tars
-    scratch.cleanup()
     print(json.dumps(result))
     return 0
 

@@ -74,6 +74,7 @@ def _run_shards(args: argparse.Namespace) -> int:
                            num_frames=args.num_frames, stride=args.stride,
                            crop_size=args.crop_size, batch_size=args.batch_size,
                            workers=args.workers, index_dirs=[args.out],
+                           caption_key=args.caption_key,
                            texts=isinstance(model, CPDModel))  # fmt: skip
     finally:
         close_distributed(env)

@@ -146,7 +146,8 @@ def _run_shards(args: argparse.Namespace) -> int:
                            num_crops=args.num_crops, num_frames=args.num_frames,
                            stride=args.stride, crop_size=args.crop_size,
                            batch_size=args.batch_size, workers=args.workers,
-                           index_dirs=[args.out] if args.out else [])  # fmt: skip
+                           index_dirs=[args.out] if args.out else [],
+                           caption_key=args.caption_key)  # fmt: skip
     finally:
         close_distributed(env)
     if not env.main:

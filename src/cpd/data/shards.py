@@ -86,6 +86,7 @@ def expand_shards(spec: str | Sequence[str]) -> list[str]:
                 out.extend(_expand_one(name))
             except _Missing:
                 missing.append(name)
+    missing += _missing_urls([u for u in out if _is_url(u)])
     if missing:
         shown = ", ".join(missing[:5]) + (
             f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -96,6 +97,28 @@ def expand_shards(spec: str | Sequence[str]) -> list[str]:
     if dupes:
         raise DataError(f"data.shards: shard named twice: {dupes[0]}")
     return out
+
+
+def _missing_urls(urls: list[str]) -> list[str]:
+    """The URLs that do not exist, from one listing of each parent folder (a brace pattern of
+    10k remote shards costs one request per folder, not one per shard)."""
+    import fsspec
+
+    by_parent: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for url in urls:
+        fs, path = fsspec.core.url_to_fs(url)
+        parent = path.rsplit("/", 1)[0] if "/" in path else ""
+        by_parent.setdefault((url.split("://", 1)[0], parent), []).append((url, path))
+    missing = []
+    for (_, parent), items in by_parent.items():
+        fs = fsspec.core.url_to_fs(items[0][0])[0]
+        try:
+            listed = {str(p).rstrip("/") for p in fs.ls(parent, detail=False)}
+        except FileNotFoundError:
+            listed = set()
+        listed |= {fs._strip_protocol(p) for p in listed}
+        missing += [url for url, path in items if path not in listed]
+    return missing
 
 
 class _Missing(Exception):
@@ -112,9 +135,7 @@ def _expand_one(name: str) -> list[str]:
         elif not path.endswith(".tar") and fs.isdir(path):
             found = sorted(p for p in fs.ls(path, detail=False) if str(p).endswith(".tar"))
         else:
-            if not fs.exists(path):
-                raise _Missing(name)
-            return [name]
+            return [name]  # checked with its siblings by _missing_urls: one listing per folder
         if not found:
             raise DataError(f"data.shards: no .tar shards at {name}")
         return [str(p) if "://" in str(p) else fs.unstrip_protocol(str(p)) for p in found]
@@ -204,9 +225,11 @@ def _count_from_sidecars(url: str) -> tuple[int, str] | None:
         import pyarrow.parquet as pq
 
         with open_shard(parquet) as f:
-            table = pq.read_table(f, columns=None)
-        if "status" in table.column_names:
-            return sum(1 for s in table.column("status").to_pylist() if s == "success"), "parquet"
+            schema = pq.read_schema(f)
+            if "status" in schema.names:
+                f.seek(0)
+                status = pq.read_table(f, columns=["status"]).column("status").to_pylist()
+                return sum(1 for s in status if s == "success"), "parquet"
     stats = _sidecar(url, "_stats.json")
     if _exists(stats):
         with open_shard(stats) as f:
@@ -217,22 +240,21 @@ def _count_from_sidecars(url: str) -> tuple[int, str] | None:
 
 
 def scan_shard(url: str) -> int:
-    """Complete samples of one shard, from its tar headers (member data is not read)."""
+    """Complete samples of one shard, from its tar headers: tarfile's random-access mode seeks
+    over member data, on local files and on fsspec's seekable remote files alike. A tar that
+    ends early counts what precedes the break (a warning says so); a read error that is not
+    about the tar's contents (network, permission) propagates, so no short count is kept."""
     grouper = _Grouper(lambda position: False)
-    try:
-        if _is_url(url):
-            from webdataset.tariterators import tar_file_iterator
-
-            with open_shard(url) as stream:
-                for _ in tar_file_iterator(stream, select_files=grouper.select):
-                    pass
-        else:  # random access: tarfile seeks over member data
-            with tarfile.open(_local(url), "r:") as tar:
+    with open_shard(url) as stream:
+        try:
+            with tarfile.open(fileobj=stream, mode="r:") as tar:
                 for member in tar:
                     if member.isreg():
                         grouper.select(member.name)
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        log.warning("%s: shard ends early or cannot be read (%s); indexing what precedes", url, exc)
+        except (tarfile.ReadError, tarfile.HeaderError, EOFError) as exc:
+            log.warning(
+                "%s: shard ends early (%s); indexing the samples before the break", url, exc
+            )
     return grouper.finish()
 
 
@@ -286,7 +308,10 @@ def load_shard_index(
         sources.append(str(entry["source"]))
         entries.append(entry)
     if changed:
-        _write_index(places, entries)
+        # keep the entries of other specs that share this file (train and val shards side
+        # by side), so that each spec does not re-count the other's shards at every start
+        mine = {e["url"] for e in entries}
+        _write_index(places, entries + [e for u, e in known.items() if u not in mine])
     empty = [u for u, c in zip(urls, counts, strict=True) if c == 0]
     if empty:
         log.warning("%d shard(s) hold no complete sample, e.g. %s", len(empty), empty[0])
@@ -373,6 +398,7 @@ class _Grouper:
         self.key: str | None = None
         self.suffixes: set[str] = set()
         self.position = 0  # complete samples finished before the current group
+        self.serial = 0  # groups begun, so that a key met again later is a new group
         self.reading = False
 
     def complete(self) -> bool:
@@ -392,6 +418,7 @@ class _Grouper:
             if self.stop is not None and self.position >= self.stop:
                 raise _EndOfRange
             self.key, self.suffixes = key, set()
+            self.serial += 1
             self.reading = self.want(self.position)
         self.suffixes.add(suffix)
         return self.reading
@@ -407,8 +434,10 @@ def _groups(
     """Complete samples of one shard whose position ``want`` accepts, in tar order, until
     position ``stop``.
 
-    A tar that ends early (truncated, unreadable) ends the iteration after reporting it through
-    ``on_error`` (or raising :class:`DataError` when there is none).
+    A tar that ends early (truncated, or a member that cannot be read) ends the iteration after
+    reporting it through ``on_error`` (or raising :class:`DataError` when there is none); the
+    samples read whole before the break still come out. Other errors (a network failure, a
+    permission) propagate: they say nothing about the shard's contents.
     """
     from webdataset.tariterators import tar_file_iterator
 
@@ -416,25 +445,30 @@ def _groups(
     current: RawSample | None = None
 
     def finish() -> Iterator[RawSample]:
-        # a group is read whole or not at all, so its members say whether it is complete
+        # only members read to their end are kept, so they say whether the sample is whole
         if current is not None and is_complete(current.members):
             yield current
 
     def reraise(exc: Exception) -> bool:
         raise exc
 
+    serial = 0
     with open_shard(url) as stream:
         try:
             for item in tar_file_iterator(stream, handler=reraise, select_files=grouper.select):
                 key, suffix = _split_name(item["fname"])
-                if current is None or key != current.key:
+                if current is None or grouper.serial != serial:
                     yield from finish()
-                    current = RawSample(shard, grouper.position, str(key), {})
+                    current, serial = (
+                        RawSample(shard, grouper.position, str(key), {}),
+                        grouper.serial,
+                    )
                 current.members[str(suffix)] = item["data"]
             yield from finish()
         except _EndOfRange:
             yield from finish()
-        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        except (tarfile.ReadError, tarfile.HeaderError, EOFError) as exc:
+            yield from finish()
             message = f"{url}: shard ends early or cannot be read: {exc}"
             if on_error is None:
                 raise DataError(message) from exc
@@ -448,3 +482,30 @@ def iter_shard(
     """The complete samples of shard number ``shard`` at ``url`` (those whose position ``want``
     accepts), read sequentially up to position ``stop``; see :func:`_groups`."""
     return _groups(url, want or (lambda position: True), shard, on_error, stop)
+
+
+def shared_shard_index(
+    spec: str | Sequence[str], cache_dirs: Sequence[str | os.PathLike] = (), *,
+    progress: bool = False,
+) -> ShardIndex:  # fmt: skip
+    """:func:`load_shard_index` on rank 0 of the process group, sent to every rank.
+
+    Every rank must plan from the same counts: ranks that counted for themselves could
+    disagree (a shard rewritten between two reads, node-local run directories), and then run
+    different numbers of steps. An error on rank 0 is raised on every rank.
+    """
+    import torch.distributed as tdist
+
+    if not (tdist.is_available() and tdist.is_initialized()) or tdist.get_world_size() == 1:
+        return load_shard_index(spec, cache_dirs, progress=progress)
+    payload: list[Any] = [None]
+    if tdist.get_rank() == 0:
+        try:
+            index = load_shard_index(spec, cache_dirs, progress=progress)
+            payload = [(index.urls, index.counts, index.sources)]
+        except DataError as exc:
+            payload = [exc]
+    tdist.broadcast_object_list(payload, src=0)
+    if isinstance(payload[0], Exception):
+        raise payload[0]
+    return ShardIndex(*payload[0])

@@ -33,6 +33,9 @@ evaluation nothing is replaced: the sample is skipped and counted.
 
 from __future__ import annotations
 
+import bisect
+import hashlib
+import json
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -47,7 +50,15 @@ from cpd.data.datasets import FailurePolicy, _padded_backend, default_tokenizer,
 from cpd.data.shards import RawSample, ShardIndex, iter_shard
 from cpd.errors import DataError, VideoDecodeError
 
-__all__ = ["ShardDataset", "WorkerPlan", "plan_epoch", "resume_assignment"]
+__all__ = [
+    "ShardDataset",
+    "StreamFailures",
+    "WorkerPlan",
+    "plan_epoch",
+    "resume_assignment",
+    "shard_records",
+    "worker_bounds",
+]
 
 log = logging.getLogger("cpd.data")
 
@@ -74,6 +85,14 @@ class WorkerPlan:
     segments: tuple[Segment, ...]
     order: tuple[int, ...]  # positions in yield order (a permutation of range(size))
     batch_size: int
+
+    def segment(self, position: int) -> Segment:
+        """The segment holding ``position`` (a binary search over the segments' starts)."""
+        k = bisect.bisect_right([seg.start for seg in self.segments], position) - 1
+        seg = self.segments[k] if k >= 0 else None
+        if seg is None or position >= seg.start + seg.stop - seg.first:
+            raise IndexError(position)
+        return seg
 
     @property
     def size(self) -> int:
@@ -127,28 +146,36 @@ def _buffer_order(size: int, buffer: int, generator: np.random.Generator) -> tup
     return tuple(out)
 
 
-def plan_epoch(
-    index: ShardIndex, *, seed: int, epoch: int, rank: int, world_size: int, workers: int,
-    batch_size: int, train: bool, buffer: int = 1000,
-) -> list[WorkerPlan]:  # fmt: skip
-    """Every worker's plan for this rank's share of one epoch (see the module docstring)."""
+def worker_bounds(
+    total: int, *, rank: int, world_size: int, workers: int, batch_size: int, train: bool
+) -> list[int]:
+    """Where each worker's part of this rank's share begins and ends in the epoch's sequence
+    (``workers + 1`` offsets): arithmetic only, cheap at any N."""
     workers = max(workers, 1)
-    order = _shard_order(index, seed, epoch, shuffle=train)
-    total = index.total
     if train:
         share = total // world_size
         batches = share // batch_size
-        lo = rank * share
         # whole batches per worker, earlier workers one more where they do not divide
         per = [batches // workers + (1 if w < batches % workers else 0) for w in range(workers)]
-        bounds = [lo]
+        bounds = [rank * share]
         for n in per:
             bounds.append(bounds[-1] + n * batch_size)
-    else:
-        lo, hi = total * rank // world_size, total * (rank + 1) // world_size
-        bounds = [lo + (hi - lo) * w // workers for w in range(workers + 1)]
-    plans = []
-    for w in range(workers):
+        return bounds
+    lo, hi = total * rank // world_size, total * (rank + 1) // world_size
+    return [lo + (hi - lo) * w // workers for w in range(workers + 1)]
+
+
+def plan_epoch(
+    index: ShardIndex, *, seed: int, epoch: int, rank: int, world_size: int, workers: int,
+    batch_size: int, train: bool, buffer: int = 256, only: Sequence[int] | None = None,
+) -> dict[int, WorkerPlan]:  # fmt: skip
+    """The plans of this rank's workers for one epoch (see the module docstring); ``only``:
+    just those workers (each worker computes its own plan, not all of them)."""
+    order = _shard_order(index, seed, epoch, shuffle=train)
+    bounds = worker_bounds(index.total, rank=rank, world_size=world_size, workers=workers,
+                           batch_size=batch_size, train=train)  # fmt: skip
+    plans = {}
+    for w in range(len(bounds) - 1) if only is None else only:
         start, stop = bounds[w], bounds[w + 1]
         size = stop - start
         if train:
@@ -158,7 +185,7 @@ def plan_epoch(
             yield_order = _buffer_order(size, buffer, g)
         else:
             yield_order = tuple(range(size))
-        plans.append(WorkerPlan(_segments(index, order, start, stop), yield_order, batch_size))
+        plans[w] = WorkerPlan(_segments(index, order, start, stop), yield_order, batch_size)
     return plans
 
 
@@ -191,6 +218,30 @@ def _tokenize_one(
     return enc["input_ids"][0].long(), enc["attention_mask"][0].long()
 
 
+class StreamFailures(FailurePolicy):
+    """The failure policy of a stream: samples come once an epoch, so good ones are counted,
+    not remembered by name (10M names would take a gigabyte)."""
+
+    def __init__(self, max_failure_ratio: float = 0.05, min_failures: int = 5) -> None:
+        super().__init__(max_failure_ratio, min_failures)
+        self.loaded = 0
+
+    def ok(self, path: str) -> None:
+        """Count a successful load."""
+        self.loaded += 1
+
+    def check(self) -> None:
+        """Raise :class:`DataError` when failures exceed both the minimum and the ratio."""
+        n_failed = len(self.failed)
+        n_seen = n_failed + self.loaded
+        if n_failed > self.min_failures and n_failed > self.max_failure_ratio * n_seen:
+            examples = "; ".join(f"{p} ({r})" for p, r in list(self.failed.items())[:5])
+            raise DataError(
+                f"{n_failed} of {n_seen} samples read in this process failed, more than "
+                f"max_failure_ratio={self.max_failure_ratio:g}; first: {examples}"
+            )
+
+
 class ShardDataset(IterableDataset):
     """Video-caption pairs streamed from shards; see the module docstring.
 
@@ -216,7 +267,7 @@ class ShardDataset(IterableDataset):
         max_tokens: int = 64,
         max_failure_ratio: float = 0.05,
         min_failures: int = 5,
-        buffer: int = 1000,
+        buffer: int = 256,
         caption_key: str = "caption",
         loader: Callable[..., torch.Tensor] | None = None,
     ) -> None:
@@ -227,7 +278,7 @@ class ShardDataset(IterableDataset):
         self.max_tokens = max_tokens
         self.buffer = buffer
         self.caption_key = caption_key
-        self.policy = FailurePolicy(max_failure_ratio, min_failures)
+        self.policy = StreamFailures(max_failure_ratio, min_failures)
         self.clip_args = dict(num_frames=num_frames, stride=stride, crop_size=crop_size,
                               train=train, hflip=hflip, scale_range=scale_range)  # fmt: skip
         if loader is None:
@@ -253,12 +304,20 @@ class ShardDataset(IterableDataset):
         self.workers, self.batch_size = max(int(workers), 1), int(batch_size)
         self.skip_batches = int(skip_batches)
 
-    def plans(self) -> list[WorkerPlan]:
-        """This rank's worker plans for the configured epoch."""
+    def plans(self, only: Sequence[int] | None = None) -> dict[int, WorkerPlan]:
+        """This rank's worker plans for the configured epoch (``only``: those workers)."""
         return plan_epoch(self.index, seed=self.seed, epoch=self.epoch, rank=self.rank,
                           world_size=self.world_size, workers=self.workers,
-                          batch_size=self.batch_size, train=self.train,
-                          buffer=self.buffer)  # fmt: skip
+                          batch_size=self.batch_size, train=self.train, buffer=self.buffer,
+                          only=only)  # fmt: skip
+
+    def plan_settings(self, *, world_size: int, workers: int, batch_size: int) -> dict[str, Any]:
+        """What the epoch plan depends on besides (seed, epoch): a mid-epoch resume is exact
+        only when these are unchanged."""
+        digest = hashlib.sha1(json.dumps([self.index.urls, self.index.counts]).encode())
+        return {"world_size": world_size, "workers": max(workers, 1),
+                "batch_per_rank": batch_size, "shuffle_buffer": self.buffer,
+                "rows": self.index.total, "index_sha1": digest.hexdigest()}  # fmt: skip
 
     def batches_per_epoch(self, world_size: int, batch_size: int) -> int:
         """Training batches each rank runs per epoch."""
@@ -274,28 +333,41 @@ class ShardDataset(IterableDataset):
                 f"ShardDataset planned for {self.workers} workers but runs in {workers}: "
                 "call configure(workers=...) with the DataLoader's num_workers"
             )
-        plans = self.plans()
-        items = resume_assignment([p.num_batches for p in plans], self.skip_batches)[worker]
+        self.skipped = []
+        bounds = worker_bounds(self.index.total, rank=self.rank, world_size=self.world_size,
+                               workers=workers, batch_size=self.batch_size, train=self.train)  # fmt: skip
+        counts = [
+            -(-(hi - lo) // self.batch_size) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        items = resume_assignment(counts, self.skip_batches)[worker]
+        plans = self.plans(only=sorted({planned for planned, _ in items}))
         # runs of consecutive batches of the same planned worker are read in one pass
         run: list[int] = []
         for i, (planned, batch) in enumerate(items):
             run.append(batch)
             if i + 1 == len(items) or items[i + 1][0] != planned:
                 needed = [p for b in run for p in plans[planned].batch_positions(b)]
-                yield from self._samples(plans[planned], needed, planned)
+                yield from self._samples(plans[planned], needed)
                 run = []
 
-    def _samples(
-        self, plan: WorkerPlan, needed: list[int], planned: int
-    ) -> Iterator[dict[str, Any]]:
+    def _samples(self, plan: WorkerPlan, needed: list[int]) -> Iterator[dict[str, Any]]:
+        """The samples at ``needed`` positions of ``plan``, in that order, whole batches."""
         stash: dict[int, RawSample] = {}
         recent: deque[RawSample] = deque(maxlen=_RESERVOIR)
-        reader = self._read(plan, set(needed))
-        for position in needed:
-            while position not in stash:
+        reader = self._read(plan, needed)
+        last = -1  # the reader yields positions in increasing order: the last one read
+        in_batch: set[str] = set()  # names yielded in the current batch
+        batch: set[int] = set()  # positions of the current batch
+        for n, position in enumerate(needed):
+            if n % self.batch_size == 0:
+                in_batch, batch = set(), set(needed[n : n + self.batch_size])
+            # read on until the position arrives or the reader has passed it (a sample that
+            # never comes must not pull the rest of the part into memory)
+            while position not in stash and last < position:
                 got = next(reader, None)
                 if got is None:
                     break
+                last = got[0]
                 stash[got[0]] = got[1]
             raw = stash.pop(position, None)
             row = self._row(plan, position)
@@ -307,23 +379,29 @@ class ShardDataset(IterableDataset):
                 else:
                     self.policy.ok(self._name(raw))
                     recent.append(raw)
+                    in_batch.add(self._name(raw))
                     yield sample
                     continue
             else:
-                name = f"{self.index.urls[self._shard_of(plan, position)]}#row{row}"
+                seg = plan.segment(position)
+                name = f"{self.index.urls[seg.shard]}#{seg.first + position - seg.start}"
                 self.policy.fail(VideoDecodeError(name, "sample missing from its shard"), name)
             if not self.train:
                 self.skipped.append((row, "failed"))
                 continue
-            yield self._replacement(recent, stash, reader, row)
+            sample = self._replacement(recent, stash, reader, row, in_batch, batch)
+            in_batch.add(sample.pop("name"))
+            yield sample
 
     def _replacement(self, recent: deque[RawSample], stash: dict[int, RawSample],
-                     reader: Iterator[tuple[int, RawSample]], row: int) -> dict[str, Any]:  # fmt: skip
-        """Another whole sample: one of the worker's recent good ones, drawn from (seed, epoch,
-        row); a sample read ahead when there is none yet."""
+                     reader: Iterator[tuple[int, RawSample]], row: int, in_batch: set[str],
+                     batch: set[int]) -> dict[str, Any]:  # fmt: skip
+        """Another whole sample: one of the worker's recent good ones that is not in this
+        batch (a twin in one batch is a false negative), drawn from (seed, epoch, row); one
+        read ahead when there is none."""
         rng = np.random.Generator(np.random.PCG64(derive_seed(self.seed, self.epoch, row, 1)))
-        pool = list(recent) + [stash[p] for p in sorted(stash)]
-        tried: set[str] = set()
+        pool = list(recent) + [stash[p] for p in sorted(stash) if p not in batch]
+        tried: set[str] = set(in_batch)
         while True:
             candidates = [r for r in pool if self._name(r) not in tried]
             if not candidates:
@@ -334,40 +412,39 @@ class ShardDataset(IterableDataset):
                         f"worker's shards ({len(self.policy.failed)} failed in this process)"
                     )
                 stash[got[0]] = got[1]
-                pool.append(got[1])
+                if got[0] not in batch:
+                    pool.append(got[1])
                 continue
             raw = candidates[int(rng.integers(len(candidates)))]
             tried.add(self._name(raw))
             try:
-                return self._load(raw, self.index.row(raw.shard, raw.position))
+                sample = self._load(raw, self.index.row(raw.shard, raw.position))
             except VideoDecodeError as exc:
                 self.policy.fail(exc, exc.path)
+            else:
+                return {**sample, "name": self._name(raw)}
 
-    def _read(self, plan: WorkerPlan, needed: set[int]) -> Iterator[tuple[int, RawSample]]:
-        """``(position, sample)`` for the needed positions, reading the segments in order."""
+    def _read(self, plan: WorkerPlan, needed: list[int]) -> Iterator[tuple[int, RawSample]]:
+        """``(position, sample)`` for the needed positions, in increasing position order,
+        reading the segments in order and skipping those with nothing needed."""
+        wanted = set(needed)
+        ordered = sorted(wanted)
         for seg in plan.segments:
             lo, hi = seg.start, seg.start + (seg.stop - seg.first)
-            if not any(lo <= p < hi for p in needed):
+            k = bisect.bisect_left(ordered, lo)
+            if k == len(ordered) or ordered[k] >= hi:
                 continue
 
             def want(pos: int, seg: Segment = seg) -> bool:
-                return seg.first <= pos < seg.stop and seg.start + pos - seg.first in needed
+                return seg.first <= pos < seg.stop and seg.start + pos - seg.first in wanted
 
             url = self.index.urls[seg.shard]
             for raw in iter_shard(url, seg.shard, want, on_error=log.warning, stop=seg.stop):
                 yield seg.start + raw.position - seg.first, raw
 
-    def _shard_of(self, plan: WorkerPlan, position: int) -> int:
-        for seg in plan.segments:
-            if seg.start <= position < seg.start + seg.stop - seg.first:
-                return seg.shard
-        raise IndexError(position)
-
     def _row(self, plan: WorkerPlan, position: int) -> int:
-        for seg in plan.segments:
-            if seg.start <= position < seg.start + seg.stop - seg.first:
-                return self.index.row(seg.shard, seg.first + position - seg.start)
-        raise IndexError(position)
+        seg = plan.segment(position)
+        return self.index.row(seg.shard, seg.first + position - seg.start)
 
     def _name(self, raw: RawSample) -> str:
         return f"{self.index.urls[raw.shard]}#{raw.key}"

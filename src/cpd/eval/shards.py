@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cpd.data.datasets import collate
-from cpd.data.shards import load_shard_index
+from cpd.data.shards import shared_shard_index
 from cpd.data.stream import ShardDataset
 from cpd.eval.gather import gather_embeddings
 
@@ -85,7 +85,7 @@ def embed_shards(
     Collective under a process group: call it on every rank."""
     from cpd.eval.common import progress
 
-    index = load_shard_index(shards, index_dirs)
+    index = shared_shard_index(shards, index_dirs)
     tokenizer = model.textual_encoder.tokenizer if texts else _NoTokenizer()
     dataset = ShardDataset(index, tokenizer, train=False, num_frames=num_frames, stride=stride,
                            crop_size=crop_size, max_failure_ratio=1.0, caption_key=caption_key,

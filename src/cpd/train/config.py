@@ -72,7 +72,8 @@ class DataConfig:
         val_shards: validation pairs from shards (the same forms); null = no validation set
             when training from shards.
         shuffle_buffer: samples each loader worker shuffles among while streaming shards (the
-            shard order is shuffled too, every epoch).
+            shard order is shuffled too, every epoch); each worker holds up to this many
+            videos' bytes (256 x 2 MB = 0.5 GB).
     """
 
     manifest: str = ""
@@ -98,7 +99,7 @@ class DataConfig:
     group_by: str | None = None
     shards: str | None = None
     val_shards: str | None = None
-    shuffle_buffer: int = 1000
+    shuffle_buffer: int = 256
 
     #: Keys whose ``key=value`` overrides are taken as text as they are: a template such as
     #: ``{videoid}.mp4`` is not YAML (nor, alone in its braces, a string).
@@ -308,6 +309,7 @@ def check_config(cfg: PretrainConfig) -> None:
         "data.num_frames": cfg.data.num_frames,
         "data.stride": cfg.data.stride,
         "data.crop_size": cfg.data.crop_size,
+        "data.shuffle_buffer": cfg.data.shuffle_buffer,
         "optim.batch_size": cfg.optim.batch_size,
         "schedule.epochs": cfg.schedule.epochs,
         "run.log_every": cfg.run.log_every,

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from cpd.config import ConfigError
 from cpd.data import VideoCaptionDataset, collate, read_caption_manifest
 from cpd.data.datasets import derive_seed
-from cpd.data.shards import load_shard_index
+from cpd.data.shards import shared_shard_index
 from cpd.data.stream import ShardDataset, shard_records
 from cpd.train.config import DataConfig
 
@@ -172,8 +172,8 @@ def _shard_data(
     common = dict(num_frames=cfg.num_frames, stride=cfg.stride, crop_size=cfg.crop_size,
                   seed=seed, max_tokens=cfg.max_tokens,
                   max_failure_ratio=cfg.max_failure_ratio)  # fmt: skip
-    index = load_shard_index(spec, dirs, progress=progress)
-    val_index = load_shard_index(cfg.val_shards, dirs) if val and cfg.val_shards else None
+    index = shared_shard_index(spec, dirs, progress=progress)
+    val_index = shared_shard_index(cfg.val_shards, dirs) if val and cfg.val_shards else None
     log.info("shards: %d training pairs in %d shards", index.total, len(index.urls))
     if cfg.cache_frames:
         cache = _clip_loader(cfg, scale)  # type: ignore[arg-type]

@@ -216,14 +216,33 @@ class Trainer(Resumable):
     # checkpoints: the shared part in Resumable -------------------------------------------
 
     def extra_state(self) -> dict[str, Any]:
-        """The resolved config and the loss state (the text cache is recomputed, not saved)."""
-        return {"config": to_dict(self.cfg), "loss": self.loss_fn.state_dict()}
+        """The resolved config and the loss state (the text cache is recomputed, not saved),
+        and what a streaming dataset's epoch plan depends on."""
+        return {"config": to_dict(self.cfg), "loss": self.loss_fn.state_dict(),
+                "data_plan": self._data_plan()}  # fmt: skip
+
+    def _data_plan(self) -> dict[str, Any] | None:
+        train = self.data.train
+        if not hasattr(train, "plan_settings"):
+            return None
+        return train.plan_settings(world_size=self.env.world_size, workers=self.cfg.data.workers,
+                                   batch_size=self.batch_per_rank)  # fmt: skip
 
     def check_resume(self, path: Path, ckpt: dict[str, Any]) -> None:
-        """The model must be the one this run builds."""
+        """The model must be the one this run builds; a stream stopped mid-epoch resumes only
+        under the plan it was stopped in (else samples would be replayed and others lost)."""
         old = from_dict(PretrainConfig, ckpt["config"]) if "config" in ckpt else None
         if old is not None and to_dict(old.model) != to_dict(self.cfg.model):
             raise CheckpointError(f"{path}: its model config differs from this run's")
+        saved, now = ckpt.get("data_plan"), self._data_plan()
+        if int(ckpt.get("step_in_epoch", 0)) > 0 and now is not None and saved != now:
+            changed = ", ".join(f"{k} {(saved or {}).get(k)} -> {v}" for k, v in now.items()
+                                if (saved or {}).get(k) != v)  # fmt: skip
+            raise CheckpointError(
+                f"{path}: stopped in the middle of an epoch of shards planned for other "
+                f"settings ({changed}); resume with the same world size, data.workers, batch "
+                "and data.shuffle_buffer, or from a checkpoint at an epoch's end (epoch_NNNN.pt)"
+            )
 
     def load_extra(self, ckpt: dict[str, Any]) -> None:
         """Banks and Z (nce) or the temperature (infonce)."""
