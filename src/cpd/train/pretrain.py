@@ -180,6 +180,9 @@ def evaluate_retrieval(
     expected = None if hasattr(dataset, "skipped") else len(dataset)
     all_v, _ = gather_embeddings(local_v, local_i, num_samples=expected)
     all_t, _ = gather_embeddings(local_t, local_i, num_samples=expected)
+    if expected is None and all_v.shape[0] < len(dataset):
+        log.warning("validation: %d of %d shard samples could not be read or decoded and were "
+                    "left out", len(dataset) - all_v.shape[0], len(dataset))  # fmt: skip
     model.train(was_training)
     metrics = retrieval_metrics(all_v.cpu(), all_t.cpu())
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
