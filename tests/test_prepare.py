@@ -165,6 +165,46 @@ def test_instagram_json_and_worker_count(sources: Path, tmp_path: Path) -> None:
     assert (outs[0] / "captions.jsonl").read_text() == (outs[1] / "captions.jsonl").read_text()
 
 
+def test_json_lines_named_json_is_not_instagram(tmp_path: Path) -> None:
+    # the format comes from the content, as pretraining reads it: a .json of JSON Lines
+    for name in ("a", "b"):
+        write_video(tmp_path / f"{name}.mp4", num_frames=12, fps=10, width=64, height=48)
+    rows = [{"video": "a.mp4", "caption": "an a", "split": "val"},
+            {"video": "b.mp4", "caption": "a b"}]  # fmt: skip
+    manifest = tmp_path / "pairs.json"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert cli("--manifest", str(manifest), "-o", str(out), "--workers", "1", *FAST) == 0
+    pairs = read_caption_manifest(out / "captions.jsonl", out)
+    assert [(r.video_id, r.caption, r.split) for r in pairs] == [
+        ("a", "an a", "val"),
+        ("b", "a b", "train"),
+    ]
+    assert all(Path(r.path).is_file() for r in pairs)
+    # a format that the content contradicts is refused (exit 2), not read as something else
+    assert cli("--manifest", str(manifest), "--format", "instagram", "-o", str(out), *FAST) == 2
+
+
+def test_bad_rows_skip_writes_them_per_part(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        write_video(tmp_path / f"{name}.mp4", num_frames=12, fps=10, width=64, height=48)
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text("file,text\na.mp4,an a\nc.mp4,\nb.mp4,a b\n")  # line 3: no caption
+    out = tmp_path / "out"
+    argv = ["--manifest", str(manifest), "-o", str(out), "--video-key", "file",
+            "--caption-key", "text", "--workers", "1", *FAST]  # fmt: skip
+    assert cli(*argv) == 2  # bad rows are an error by default
+    assert not out.exists()
+    assert cli(*argv, "--bad-rows", "skip") == 0
+    bad = [json.loads(line) for line in (out / "bad_rows.jsonl").open()]
+    assert [(b["line"], b["problem"], b["row"]) for b in bad] == [(3, "empty 'text'", "c.mp4,")]
+    pairs = [json.loads(line) for line in (out / "captions.jsonl").open()]
+    assert [p["caption"] for p in pairs] == ["an a", "a b"]
+    # parts sharing OUT write their own file
+    assert cli(*argv, "--bad-rows", "skip", "--part", "1/2") == 0
+    assert (out / "bad_rows.part-1-of-2.jsonl").read_text() == (out / "bad_rows.jsonl").read_text()
+
+
 def test_odd_rates_and_variable_frame_rate(tmp_path: Path) -> None:
     ntsc = write_video(tmp_path / "ntsc.mp4", num_frames=60, fps=Fraction(30000, 1001), width=64)
     pts = [0, 100, 150, 300, 320, 500, 600, 610, 700, 900]
@@ -198,6 +238,7 @@ def test_bad_arguments_exit_2(sources: Path, tmp_path: Path) -> None:
     assert cli(str(sources), "--manifest", "x.json", "-o", out) == 2
     assert cli(str(sources), "-o", out, "--short-side", "47") == 2
     assert cli(str(tmp_path / "*.nothing"), "-o", out) == 2
+    assert cli(str(sources), "-o", out, "--caption-key", "text") == 2  # no manifest to read
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"video": "a.mp4"}\n')
     assert cli("--manifest", str(broken), "-o", out) == 2

@@ -232,6 +232,34 @@ def test_one_split_into_its_own_shards(sources: Path, tmp_path: Path) -> None:
     assert run_shards(sources, tmp_path / "none", "--split", "test") == 2
 
 
+def test_webvid_csv_with_column_options(
+    sources: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # WebVid's results.csv: videos at webvid/{page_dir}/{videoid}.mp4, captions in `name`
+    monkeypatch.chdir(tmp_path)
+    rows = [("1066", "a red ball", "000001_000050"), ("2077", "a blue, cube", "000051_000100"),
+            ("3088", "never downloaded", "000051_000100")]  # fmt: skip
+    for videoid, _, page_dir in rows[:2]:
+        Path("webvid", page_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copy(sources / "a.mp4", Path("webvid", page_dir, f"{videoid}.mp4"))
+    lines = ["videoid,contentUrl,duration,page_dir,name"]
+    lines += [f'{v},https://x/{v}.mp4,PT00H00M02S,{p},"{c}"' for v, c, p in rows]
+    Path("results.csv").write_text("\n".join(lines) + "\n")
+    argv = ["--manifest", "results.csv", "--video-dir", "webvid/", "--video-key",
+            "{page_dir}/{videoid}.mp4", "--caption-key", "name", "--id-key", "videoid",
+            "-o", "OUT", "--shards"]  # fmt: skip
+    assert cli(*argv, "--workers", "1", *FAST) == 1  # 3088 is missing
+    samples = list(wds.WebDataset(["OUT/00000.tar"], shardshuffle=False))
+    records = [json.loads(s["json"]) for s in samples]
+    assert [(r["id"], s["txt"].decode()) for r, s in zip(records, samples, strict=True)] == [
+        ("1066", "a red ball"),
+        ("2077", "a blue, cube"),
+    ]
+    assert records[1]["url"] == str(Path("webvid/000051_000100/2077.mp4"))
+    failures = [json.loads(x) for x in Path("OUT/failures.jsonl").read_text().splitlines()]
+    assert [(f["id"], f["reason"]) for f in failures] == [("3088", "no such file")]
+
+
 def test_bad_arguments_exit_2(sources: Path, tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     video = str(sources / "a.mp4")

@@ -292,3 +292,12 @@ def test_a_missing_url_shard_is_named(shards):
             expand_shards("memory://corpus2/{00000..00001}.tar")
     finally:
         fs.rm("/corpus2", recursive=True)
+
+
+def test_brace_patterns_survive_key_value_overrides():
+    from cpd.train.config import load_pretrain_config
+
+    cfg = load_pretrain_config(None, ["data.shards={00000..00009}.tar",
+                                      "data.val_shards=s3://b/{a,b}.tar"])  # fmt: skip
+    assert cfg.data.shards == "{00000..00009}.tar" and cfg.data.val_shards == "s3://b/{a,b}.tar"
+    assert load_pretrain_config(None, ["data.shards=null"]).data.shards is None

@@ -1,10 +1,18 @@
 """Prepare web videos the paper's way: middle 20 s, short side 256, H.264 mp4.
 
 Inputs: a caption manifest (--manifest: the Instagram-300k JSON with --video-dir holding the
-source files {id}.*, or a JSONL/CSV manifest whose `video` paths are relative to --video-dir,
-default its folder), or video files / directories / glob patterns (ids = file stems) with an
-optional --captions file (the Instagram JSON, or a JSONL/CSV caption manifest whose `id`, else
-the stem of its `video`, names the input's file stem).
+source files {id}.*, or a row manifest whose video paths are relative to --video-dir, default
+its folder), or video files / directories / glob patterns (ids = file stems) with an optional
+--captions manifest (Instagram ids, else the row's id, else the stem of its video, name the
+input's file stem).
+
+Manifests are read as cpd pretrain reads them: --format (default auto: from the content and
+suffix; instagram, jsonl, json, csv, tsv, parquet), --video-key (a column, or a template over
+the columns such as '{page_dir}/{videoid}.mp4'), --caption-key and --id-key name the columns;
+--bad-rows skip leaves rows with problems out and writes them to OUT/bad_rows.jsonl
+(bad_rows.part-I-of-N.jsonl with --part) instead of stopping. WebVid's results.csv:
+  cpd prepare --manifest results.csv --video-dir webvid/ --video-key '{page_dir}/{videoid}.mp4'
+      --caption-key name --id-key videoid -o OUT --shards
 
 Writes OUT/videos/trimmed_resize_{id}.mp4, OUT/captions.jsonl (for
 `cpd pretrain data.manifest=OUT/captions.jsonl`), OUT/failures.jsonl (each failed input with
@@ -37,11 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", metavar="VIDEO",
                         help="video files, directories or glob patterns (or use --manifest)")  # fmt: skip
     parser.add_argument("-o", "--out", required=True, help="output directory (created)")
-    parser.add_argument("--manifest", help="caption manifest (.json Instagram, .jsonl, .csv)")
-    parser.add_argument("--format", choices=("instagram", "jsonl", "csv"),
-                        help="manifest format (default: from the suffix)")  # fmt: skip
+    parser.add_argument("--manifest", help="caption manifest (Instagram JSON, JSON Lines, JSON "
+                        "list, CSV, TSV or Parquet)")  # fmt: skip
     parser.add_argument("--video-dir", help="where the manifest's source videos are")
     parser.add_argument("--captions", help="captions for VIDEO inputs, keyed by file stem")
+    add_manifest_arguments(parser)
     parser.add_argument("--seconds", type=float, default=20.0,
                         help="keep the middle this many seconds (default 20; 0 = whole)")  # fmt: skip
     parser.add_argument("--short-side", type=int, default=256, help="short side (default 256)")
@@ -63,6 +71,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do part I (0-based) of N: shards (or inputs) s with s %% N == I")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="redo videos already prepared")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_manifest_arguments(parser: argparse.ArgumentParser) -> None:
+    """How to read --manifest / --captions, as ``cpd pretrain`` and ``cpd retrieval`` do."""
+    from cpd.data.manifests import FORMATS
+
+    g = parser.add_argument_group("reading the manifest (as cpd pretrain reads it)")
+    g.add_argument("--format", default="auto", choices=("auto", *FORMATS),
+                   help=f"manifest format: auto (default: from the content and suffix), "
+                   f"{', '.join(FORMATS)}")  # fmt: skip
+    g.add_argument("--video-key", default="video",
+                   help="column of the video path relative to --video-dir, or a template over "
+                   "the columns, e.g. '{page_dir}/{videoid}.mp4' (default: video)")  # fmt: skip
+    g.add_argument("--caption-key", default="caption", help="caption column (default caption)")
+    g.add_argument("--id-key", default="id", help="video-id column (default id; optional)")
+    g.add_argument("--bad-rows", default="error", choices=("error", "skip"),
+                   help="error (default): one error listing every bad manifest row; skip: "
+                   "leave them out and write them to OUT/bad_rows.jsonl")  # fmt: skip
+
+
+MANIFEST_DEFAULTS = {"format": "auto", "video_key": "video", "caption_key": "caption",
+                     "id_key": "id", "bad_rows": "error"}  # fmt: skip
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -101,6 +131,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Prepare the videos and print the summary; 0 all prepared, 1 some failed, 2 bad input."""
+    from cpd.data.manifests import ManifestReport
     from cpd.data.prepare import (
         PrepareSettings,
         WorkPart,
@@ -119,6 +150,10 @@ def run(args: argparse.Namespace) -> int:
         return fail("give either --manifest or VIDEO inputs (files, directories, globs)")
     if args.captions and args.manifest:
         return fail("--captions goes with VIDEO inputs; a manifest carries its own captions")
+    given = [k for k, v in MANIFEST_DEFAULTS.items() if getattr(args, k) != v]
+    if given and not (args.manifest or args.captions):
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        return fail(f"{flags}: options of --manifest or --captions, and neither is given")
     if args.workers < 1:
         return fail(f"--workers must be >= 1, got {args.workers}")
     if args.shard_size is not None and not args.shards:
@@ -132,10 +167,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings.check()
         part = WorkPart.parse(args.part) if args.part is not None else WorkPart()
+        report = ManifestReport()
+        options: dict[str, Any] = {"video_key": args.video_key, "caption_key": args.caption_key,
+                                   "id_key": args.id_key, "bad_rows": args.bad_rows,
+                                   "report": report}  # fmt: skip
+        if args.bad_rows == "skip":  # one file per part: parts may share OUT
+            options["bad_rows_file"] = os.path.join(args.out, part.file_name("bad_rows", ".jsonl"))
+        manifest_format = None if args.format == "auto" else args.format
         if args.manifest:
-            jobs = jobs_from_manifest(args.manifest, args.video_dir, args.format)
+            jobs = jobs_from_manifest(args.manifest, args.video_dir, manifest_format, **options)
         else:
-            jobs = jobs_from_paths(args.inputs, args.captions)
+            jobs = jobs_from_paths(args.inputs, args.captions, manifest_format, **options)
+        _report_manifest(report, options.get("bad_rows_file"))
         if not jobs:
             return fail("no input videos found")
         if args.split is not None:
@@ -152,3 +195,13 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc))
     print(format_summary(summary))
     return 1 if summary["failed"] else 0
+
+
+def _report_manifest(report: Any, bad_rows_file: str | None) -> None:
+    """Tell stderr which manifest rows were left out (bad ones, and downloads that failed)."""
+    if report.bad_rows:
+        print(f"{report.num_bad_rows} bad manifest rows were skipped: see {bad_rows_file}",
+              file=sys.stderr)  # fmt: skip
+    if report.not_written:
+        print(f"{report.num_not_written} manifest rows have a status other than 'success' (no "
+              "video was written) and were left out", file=sys.stderr)  # fmt: skip

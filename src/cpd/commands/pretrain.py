@@ -3,9 +3,13 @@
 The configuration has six sections; any key can be set on the command line as key=value
 (values are YAML: numbers, true/false, null, [lists]) after the preset or file of --config:
 
-  data      manifest (required: a caption list, e.g. OUT/captions.jsonl from `cpd synth OUT`),
-            root, train_split/val_split, num_frames, stride, crop_size, scale_range, hflip
-            (null: the dataset's dataset.json decides), cache_frames, workers
+  data      manifest (a caption table, e.g. OUT/captions.jsonl from `cpd synth OUT`; format
+            null = from its content or suffix) with video_key / caption_key / id_key (its
+            columns; video_key may be a template such as {videoid}.mp4) and bad_rows (error |
+            skip), or shards (webdataset tars: a directory, shards/{00000..00099}.tar, or an
+            fsspec URL) with val_shards and shuffle_buffer; root, train_split/val_split,
+            num_frames, stride, crop_size, scale_range, hflip (null: the dataset's
+            dataset.json decides), cache_frames, workers
   model     arch (r3d10..r3d101), base_width, text_encoder (all-MiniLM-L6-v2 | distilbert-
             base-uncased | a local HF directory), embed_dim, dropout
   loss      kind (nce | infonce), num_negatives, temperature, momentum, hard_negatives
@@ -35,6 +39,8 @@ Examples:
   cpd pretrain --config pretrain_synthetic_cpu data.manifest=data/synth/captions.jsonl
   cpd pretrain --config configs/pretrain_instagram_r50.yaml data.manifest=ig/captions.json \\
       data.root=ig/videos run.out=runs/ig_r50 optim.lr=0.05
+  cpd pretrain --config pretrain_instagram_r50 data.shards="shards/{00000..00999}.tar" \\
+      data.val_shards=val_shards/ loss.bank_dtype=bfloat16
 """
 
 from __future__ import annotations

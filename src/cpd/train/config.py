@@ -103,7 +103,7 @@ class DataConfig:
 
     #: Keys whose ``key=value`` overrides are taken as text as they are: a template such as
     #: ``{videoid}.mp4`` is not YAML (nor, alone in its braces, a string).
-    TEXT_KEYS = ("video_key", "caption_key", "id_key")
+    TEXT_KEYS = ("video_key", "caption_key", "id_key", "shards", "val_shards")
 
     def manifest_options(self) -> dict[str, str]:
         """The keyword arguments of :func:`cpd.data.read_caption_manifest` that pick columns
@@ -121,7 +121,8 @@ class DataConfig:
             name = key.strip().removeprefix(f"{section}.")
             if sep and name != key.strip() and name in cls.TEXT_KEYS:
                 text = raw.strip()
-                if not (len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""):
+                quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+                if not quoted and text not in ("null", "~"):
                     item = f"{key}={json.dumps(text)}"
             out.append(item)
         return out
