@@ -54,3 +54,33 @@ def test_prepare_shards_then_pretrain_embed_retrieval(
             f"run.out={paper}", *TINY]  # fmt: skip
     assert main(argv) == 0
     assert json.loads((paper / "results.json").read_text())["global_step"] == 6  # 12 pairs / 2
+
+
+def test_video2dataset_files_parquet_pretrains(tiny_synthetic, tiny_pretrain_overrides, tmp_path):
+    """The README's video2dataset command: output_format=files, {key}.mp4 in v2d/00000/ and
+    v2d/00000.parquet beside it (a failed download listed, with no file)."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(x) for x in (tiny_synthetic / "captions.jsonl").read_text().splitlines()]
+    folder = tmp_path / "v2d" / "00000"
+    folder.mkdir(parents=True)
+    table = []
+    for pos, row in enumerate(r for r in rows if r["split"] == "train"):
+        key = f"00000{pos:04d}"
+        shutil.copy(tiny_synthetic / row["video"], folder / f"{key}.mp4")
+        table.append({"key": key, "caption": row["caption"], "status": "success",
+                      "url": f"https://x/{key}", "error_message": None})  # fmt: skip
+    table.append({"key": "000009999", "caption": "gone", "status": "failed_to_download",
+                  "url": "https://x/gone", "error_message": "404"})  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(table), tmp_path / "v2d" / "00000.parquet")
+    run_dir = tmp_path / "run"
+    overrides = [o for o in tiny_pretrain_overrides if not o.startswith("data.manifest")]
+    argv = ["pretrain", "--config", "pretrain_synthetic_cpu", *overrides,
+            f"data.manifest={tmp_path / 'v2d' / '00000.parquet'}", f"data.root={folder}",
+            "data.video_key={key}.mp4", "data.train_split=", "data.val_split=",
+            "data.group_by=null", "schedule.epochs=1", f"run.out={run_dir}"]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads((run_dir / "results.json").read_text())["global_step"] == 3  # 12 pairs
