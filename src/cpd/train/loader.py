@@ -10,11 +10,13 @@ uninterrupted run would have seen next, without loading the skipped ones.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
+import os
 from collections.abc import Hashable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,11 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from cpd.config import ConfigError
-from cpd.data import VideoCaptionDataset, collate, read_caption_manifest
+from cpd.data import CaptionRecord, VideoCaptionDataset, collate, read_caption_manifest
 from cpd.data.datasets import derive_seed
 from cpd.data.shards import shared_shard_index
 from cpd.data.stream import ShardDataset, shard_records
+from cpd.errors import DataError
 from cpd.train.config import DataConfig
 
 __all__ = [
@@ -136,6 +139,23 @@ class PretrainData:
     val: VideoCaptionDataset | ShardDataset | None
     hflip: float
     train_groups: list[Hashable] | None = None  # from data.group_by, one per training pair
+    missing: list[str] = field(default_factory=list)  # manifest videos with no file, left out
+
+
+def drop_missing(records: Sequence[CaptionRecord]) -> tuple[list[CaptionRecord], list[str]]:
+    """The records whose video file exists, renumbered 0..N-1, and the paths that do not.
+
+    As the official loader does, a pair without its video takes no memory-bank row: kept, it
+    would be a row that is never updated and yet drawn as a negative for the whole run.
+    """
+    kept: list[CaptionRecord] = []
+    missing: list[str] = []
+    for record in records:
+        if os.path.isfile(record.path):
+            kept.append(dataclasses.replace(record, index=len(kept)))
+        else:
+            missing.append(record.path)
+    return kept, missing
 
 
 def _clip_loader(cfg: DataConfig, scale_range: tuple[int, int] | None) -> Any:
@@ -231,6 +251,13 @@ def build_data(
                                     **cfg.manifest_options(), bad_rows_file=bad_rows_file)  # fmt: skip
     if not records:
         raise ConfigError(f"data.train_split: no {cfg.train_split!r} pairs in {cfg.manifest}")
+    records, absent = drop_missing(records)
+    if absent:
+        log.warning("%d of %d training pairs have no video file and are left out, e.g. %s",
+                    len(absent), len(records) + len(absent), absent[0])  # fmt: skip
+    if not records:
+        raise DataError(f"{cfg.manifest}: none of the videos of its {cfg.train_split!r} pairs "
+                        f"exists under {root}, e.g. {absent[0]}")  # fmt: skip
     train = VideoCaptionDataset(
         records, tokenizer, train=True, hflip=hflip, scale_range=scale, **common
     )
@@ -247,6 +274,8 @@ def build_data(
     if val and cfg.val_split:
         val_records = read_caption_manifest(cfg.manifest, root, cfg.val_split, cfg.format,
                                             **cfg.manifest_options())  # fmt: skip
+        val_records, val_absent = drop_missing(val_records)
+        absent += val_absent
         if val_records:
             val_set = VideoCaptionDataset(val_records, tokenizer, train=False, hflip=0.0, **common)
         else:
@@ -255,7 +284,7 @@ def build_data(
         # Fill before DataLoader workers fork, so that they share the decoded frames.
         paths = train.paths + (val_set.paths if val_set is not None else [])
         loader.fill(paths, workers=max(cfg.workers, 1), progress=progress)
-    return PretrainData(train, val_set, hflip, groups)
+    return PretrainData(train, val_set, hflip, groups, absent)
 
 
 def make_loader(

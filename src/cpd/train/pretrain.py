@@ -430,6 +430,8 @@ def build(cfg: PretrainConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
                       val=cfg.run.val_every > 0, progress=cfg.run.progress and env.main,
                       index_dir=run_dir,
                       bad_rows_file=run_dir / "bad_rows.jsonl" if env.main else None)  # fmt: skip
+    if data.missing and env.main:
+        (run_dir / "missing_videos.txt").write_text("".join(f"{p}\n" for p in data.missing))
     if len(data.train) < cfg.optim.batch_size:
         raise ConfigError(
             f"optim.batch_size={cfg.optim.batch_size} exceeds the {len(data.train)} training pairs"
@@ -506,6 +508,7 @@ def _finish(trainer: Trainer, info: dict[str, Any]) -> dict[str, Any]:
         "global_step": trainer.global_step,
         "seed": trainer.cfg.run.seed,
         "world_size": trainer.env.world_size,
+        "missing_videos": len(trainer.data.missing),  # left out at start (missing_videos.txt)
         "config": to_dict(trainer.cfg),
         **info,
     }
