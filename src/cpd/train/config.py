@@ -165,13 +165,23 @@ class OptimConfig:
             a small dataset needs (see ``configs/pretrain_synthetic_cpu.yaml``).
         lr / momentum / weight_decay / nesterov: the video side and the heads.
         no_decay_norm_bias: no weight decay on BatchNorm weights and biases (1-D parameters).
-        text_lr: lr of the text encoder once it unfreezes (the official 3e-4 x 0.1); it
-            follows the same decay factor as ``lr``.
+        text_lr: lr of the text encoder when it unfreezes (the official ``lr_bert * 0.1`` =
+            3e-4 x 0.1 = 3e-5); ``text_lr_schedule`` says how it decays from there.
+        text_lr_schedule: "from_unfreeze" (the official rule): ``text_lr`` is the text
+            encoder's lr from ``schedule.unfreeze_epoch`` on, decayed only by the milestones
+            from then on (those >= unfreeze_epoch - 1, as the official code counts them): the
+            paper's run gives 3e-5 from epoch 150, 3e-6 from 201, 3e-7 from 250, never the
+            decay at 100. With ``schedule.kind=cosine`` it follows the rest of the main lr's
+            cosine, rescaled to run from ``text_lr`` at the unfreeze to ``final_lr * text_lr``
+            at the end. "global" (cpd's earlier default): ``text_lr`` times the main lr's schedule
+            factor at every epoch, decays before the unfreeze included (3e-6 / 3e-7 / 3e-8).
         clip_norm: clip the global gradient norm at this (0 = off).
         amp: "auto" (bf16 on CUDA / CPUs with native bf16, else fp32), "none", "bf16", "fp16".
         channels_last: channels-last 3D memory format for the video tower.
-        sync_bn: convert BatchNorm to SyncBatchNorm under DDP; null = on for CUDA with several
-            processes (gloo on CPU has no SyncBatchNorm).
+        sync_bn: false (the official recipe): every process normalises its own batch (32 clips
+            per GPU in the paper's 8 x 32), the text head's BatchNorm1d included; true:
+            convert BatchNorm to SyncBatchNorm under DDP (CUDA only: gloo has none); null: on
+            for CUDA with several processes (cpd's earlier default).
         cache_text_features: while the text encoder is frozen (stage I), cache its pooled
             features, N x hidden fp16 per process (10M captions x 768: 15.4 GB); false runs the
             frozen encoder on every step's captions instead, for corpora whose cache does not
@@ -186,10 +196,11 @@ class OptimConfig:
     nesterov: bool = False
     no_decay_norm_bias: bool = True
     text_lr: float = 3e-5
+    text_lr_schedule: Literal["from_unfreeze", "global"] = "from_unfreeze"
     clip_norm: float = 20.0
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     channels_last: bool = True
-    sync_bn: bool | None = None
+    sync_bn: bool | None = False
     cache_text_features: bool = True
 
 
@@ -200,10 +211,14 @@ class ScheduleConfig:
     Attributes:
         epochs: total epochs.
         kind: "step" (x gamma at each milestone) or "cosine".
-        milestones / gamma: multi-step decay.
+        milestones / gamma: multi-step decay (0-based epochs: a milestone m first applies to
+            epoch m, the official epoch m + 1, as the official decay after its epoch m does).
+            The text encoder takes only the later ones (``optim.text_lr_schedule``).
         warmup_epochs: linear warmup (fractional epochs allowed).
         final_lr: cosine end value (as a fraction of the base lr).
-        unfreeze_epoch: the text encoder trains from this epoch on (null = frozen throughout).
+        unfreeze_epoch: the text encoder trains from this epoch on (null = frozen throughout);
+            the official ``ft_bert_ep`` (its encoder gets gradients from its epoch
+            ``ft_bert_ep + 1``, our epoch ``ft_bert_ep``).
     """
 
     epochs: int = 300

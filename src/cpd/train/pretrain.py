@@ -44,7 +44,13 @@ from cpd.train.run import (
     open_run,
     resolve_amp,
 )
-from cpd.train.schedule import cosine_lr, step_lr, text_encoder_trainable
+from cpd.train.schedule import (
+    cosine_lr,
+    step_lr,
+    text_cosine_lr,
+    text_encoder_trainable,
+    text_step_lr,
+)
 from cpd.train.state import StopSignal
 from cpd.train.step import TextFeatureCache, autocast_context, pretrain_step
 
@@ -120,18 +126,48 @@ def build_optimizer(
 
 
 def lr_factor(cfg: PretrainConfig, epoch_float: float) -> float:
-    """The schedule's multiplier of the base learning rates at a (fractional) epoch."""
+    """The schedule's multiplier of the main learning rate at a (fractional) epoch."""
     s = cfg.schedule
     if s.kind == "cosine":
         return cosine_lr(1.0, epoch_float, s.epochs, s.warmup_epochs, s.final_lr)
     return step_lr(1.0, epoch_float, s.milestones, s.gamma, s.warmup_epochs)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, factor: float, text_trainable: bool) -> float:
-    """Set every group's lr for this step; returns the main lr."""
+def text_lr_factor(cfg: PretrainConfig, epoch_float: float) -> float:
+    """The multiplier of ``optim.text_lr`` at a (fractional) epoch while the encoder trains.
+
+    ``optim.text_lr_schedule="from_unfreeze"`` (the official rule): 1 when the encoder
+    unfreezes, then only the decays from there on (:func:`~cpd.train.schedule.text_step_lr`,
+    :func:`~cpd.train.schedule.text_cosine_lr`); ``"global"``: the main factor,
+    :func:`lr_factor`.
+    """
+    s = cfg.schedule
+    if cfg.optim.text_lr_schedule == "global":
+        return lr_factor(cfg, epoch_float)
+    if s.kind == "cosine":
+        return text_cosine_lr(1.0, epoch_float, s.epochs, s.unfreeze_epoch, s.warmup_epochs,
+                              s.final_lr)  # fmt: skip
+    return text_step_lr(1.0, epoch_float, s.milestones, s.unfreeze_epoch, s.gamma,
+                        s.warmup_epochs)  # fmt: skip
+
+
+def set_lr(
+    optimizer: torch.optim.Optimizer,
+    factor: float,
+    text_trainable: bool,
+    text_factor: float | None = None,
+) -> float:
+    """Set every group's lr for this step; returns the main lr.
+
+    The main groups get ``base_lr * factor``; the text groups ``base_lr * text_factor``
+    (``factor`` if None) while the encoder trains, else 0.
+    """
+    text_factor = factor if text_factor is None else text_factor
     for group in optimizer.param_groups:
-        on = text_trainable or not group["name"].startswith("text")
-        group["lr"] = group["base_lr"] * factor if on else 0.0
+        if not group["name"].startswith("text"):
+            group["lr"] = group["base_lr"] * factor
+        else:
+            group["lr"] = group["base_lr"] * text_factor if text_trainable else 0.0
     return optimizer.param_groups[0]["lr"]
 
 
@@ -323,7 +359,8 @@ class Trainer(Resumable):
         self.logger.start_epoch(epoch, cfg.schedule.epochs, total, self.step_in_epoch)
         for batch in loader:
             i = self.step_in_epoch
-            lr = set_lr(self.optimizer, lr_factor(cfg, epoch + i / total), text_on)
+            at = epoch + i / total
+            lr = set_lr(self.optimizer, lr_factor(cfg, at), text_on, text_lr_factor(cfg, at))
             # Dropout (the text encoder in stage II) draws from the global generator.
             torch.manual_seed(seed_for(cfg.run.seed, epoch, i, env.rank, 1))
             batch = {k: v.to(env.device, non_blocking=True) if isinstance(v, torch.Tensor)
@@ -513,7 +550,7 @@ def _finish(trainer: Trainer, info: dict[str, Any]) -> dict[str, Any]:
         **info,
     }
     if trainer.env.main:
-        save_model(trainer.model, run_dir / "export")
+        save_model(trainer.model, run_dir / "export", training_config=trainer.cfg)
         (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         shown = {k: v for k, v in final.items()
                  if k.startswith("train_") or k.removeprefix("val_") in _SHOWN}  # fmt: skip
