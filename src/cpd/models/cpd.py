@@ -30,6 +30,13 @@ class ModelConfig:
         arch: video encoder, one of "r3d10", "r3d18", "r3d34", "r3d50", "r3d101".
         base_width: planes of the stem / layer1 (64 = official; 16 or 32 for tiny CPU models).
         shortcut: "A" (zero-pad, official) or "B" (1x1x1 conv + BN).
+        shortcut_grad: shortcut "A" only: let the gradient through the zero-pad shortcut of the
+            blocks where the shape changes (the first block of a stage that strides or widens).
+            False (official): detached, as the official code (rebuilt from ``.data``), so the
+            gradient reaches those blocks' input only through the residual branch; True: as in
+            any residual network. Training only: forward values, hence inference and exported
+            weights, are identical. Exports and checkpoints written without the key load with
+            False (no effect on their outputs; training further from them goes the official way).
         temporal_stages: stages with temporal kernels ([3, 4]: slow-only, official; [1, 2, 3, 4]:
             temporal kernels at every stage).
         dropout: dropout before the video head (pretraining) or classifier (finetuning).
@@ -47,6 +54,7 @@ class ModelConfig:
     arch: str = "r3d50"
     base_width: int = 64
     shortcut: Literal["A", "B"] = "A"
+    shortcut_grad: bool = False
     temporal_stages: list[int] = field(default_factory=lambda: [3, 4])
     dropout: float = 0.0
     text_encoder: str = DEFAULT_TEXT_ENCODER
@@ -159,6 +167,7 @@ def build_video_model(config: ModelConfig, num_classes: int | None = None) -> Re
         num_classes=config.num_classes if num_classes is None else num_classes,
         base_width=config.base_width,
         shortcut=config.shortcut,
+        shortcut_grad=config.shortcut_grad,
         dropout=config.dropout,
         temporal_stages=tuple(config.temporal_stages),
     )

@@ -38,12 +38,19 @@ __all__ = [
 ]
 
 
-def _zero_pad_shortcut(x: torch.Tensor, out_channels: int, stride: int) -> torch.Tensor:
+def _zero_pad_shortcut(
+    x: torch.Tensor, out_channels: int, stride: int, grad: bool = False
+) -> torch.Tensor:
     """Shortcut "A": subsample space by ``stride`` and zero-pad the missing channels.
 
-    Unlike the official code (which rebuilt the tensor from ``.data``) gradients flow through
-    the identity part, as in any residual network; the forward values are identical.
+    ``grad=False`` (the official behaviour) detaches the result, as the official
+    ``downsample_basic_block`` did by rebuilding it from ``out.data``: no gradient reaches the
+    block input through this shortcut, only through the residual branch. ``grad=True`` lets
+    the gradient through the identity part, as in any residual network. The forward values
+    are the same either way.
     """
+    if not grad:
+        x = x.detach()
     if stride != 1:
         x = x[:, :, :, ::stride, ::stride]
     missing = out_channels - x.shape[1]
@@ -54,18 +61,25 @@ def _zero_pad_shortcut(x: torch.Tensor, out_channels: int, stride: int) -> torch
 
 
 class _Shortcut(nn.Module):
-    """Parameter-free shortcut "A" as a module (so it shows up in ``print(model)``)."""
+    """Parameter-free shortcut "A" as a module (so it shows up in ``print(model)``).
 
-    def __init__(self, out_channels: int, stride: int) -> None:
+    ``grad``: whether the gradient flows through it (False: detached, as the official code).
+    """
+
+    def __init__(self, out_channels: int, stride: int, grad: bool = False) -> None:
         super().__init__()
         self.out_channels = out_channels
         self.stride = stride
+        self.grad = grad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _zero_pad_shortcut(x, self.out_channels, self.stride)
+        return _zero_pad_shortcut(x, self.out_channels, self.stride, self.grad)
 
     def extra_repr(self) -> str:
-        return f"out_channels={self.out_channels}, stride={self.stride}, zero_pad=True"
+        return (
+            f"out_channels={self.out_channels}, stride={self.stride}, zero_pad=True, "
+            f"grad={self.grad}"
+        )
 
 
 def _conv(cin: int, cout: int, kernel: tuple[int, int, int], stride: int = 1) -> nn.Conv3d:
@@ -143,6 +157,12 @@ class ResNet3d(nn.Module):
             the CPD pretraining model whose encoder has no ``fc`` keys.
         base_width: planes of the stem and layer1 (64 = official; 16/32 for tiny CPU models).
         shortcut: "A" (parameter-free zero-pad, all released models) or "B" (1x1x1 conv + BN).
+        shortcut_grad: shortcut "A" only, in the blocks where the shape changes (the first block
+            of each stage that strides or widens; identity shortcuts always pass the gradient):
+            False (official) detaches the zero-pad shortcut, as the official code did, so the
+            gradient reaches the block input only through the residual branch; True lets it
+            through the identity part too. Forward values are identical; shortcut "B" (a conv)
+            always passes the gradient.
         dropout: dropout probability applied to the pooled features in ``forward_head``.
         in_chans: input channels.
         temporal_stages: the stages (1..4) whose blocks have temporal kernels: (3, 4) is the
@@ -159,6 +179,7 @@ class ResNet3d(nn.Module):
         num_classes: int = 0,
         base_width: int = 64,
         shortcut: ShortcutType = "A",
+        shortcut_grad: bool = False,
         dropout: float = 0.0,
         in_chans: int = 3,
         temporal_stages: tuple[int, ...] | list[int] = (3, 4),
@@ -175,6 +196,7 @@ class ResNet3d(nn.Module):
         self.layers = tuple(layers)
         self.base_width = base_width
         self.shortcut = shortcut
+        self.shortcut_grad = bool(shortcut_grad)
         self.dropout_rate = dropout
         self.config: Any = None  # the ModelConfig, when built by cpd.models.build_model
         self._inplanes = base_width
@@ -224,7 +246,7 @@ class ResNet3d(nn.Module):
         downsample: nn.Module | None = None
         if stride != 1 or self._inplanes != out_channels:
             if self.shortcut == "A":
-                downsample = _Shortcut(out_channels, stride)
+                downsample = _Shortcut(out_channels, stride, grad=self.shortcut_grad)
             else:
                 downsample = nn.Sequential(
                     nn.Conv3d(
