@@ -44,13 +44,17 @@ def test_fit_linear_separates_blobs_on_raw_features(solver):
     assert torch.equal(again[0], weight)  # deterministic
 
 
-def test_score_views_averages_softmax_per_view():
+def test_score_views_averages_logits_or_softmax_per_view():
     weight, bias = torch.randn(4, 3), torch.randn(4)
     views = torch.randn(2, 5, 3)  # 2 videos x 5 views x 3 features
+    logits = torch.stack([(v @ weight.T + bias).mean(0) for v in views])  # the official test
+    torch.testing.assert_close(
+        score_views(views.flatten(1), weight, bias, "scores").float(), logits
+    )
     expected = torch.stack([(v @ weight.T + bias).softmax(-1).mean(0) for v in views])
-    got = score_views(views.flatten(1), weight, bias, "scores")
+    got = score_views(views.flatten(1), weight, bias, "scores", "softmax")
     torch.testing.assert_close(got.float(), expected)
-    mean_first = score_views(views.mean(1), weight, bias, "features")
+    mean_first = score_views(views.mean(1), weight, bias, "features", "softmax")
     torch.testing.assert_close(mean_first.float(), (views.mean(1) @ weight.T + bias).softmax(-1))
     nan = score_views(torch.full((1, 15), float("nan")), weight, bias, "scores")
     assert torch.isnan(nan).all()  # a failed video stays failed

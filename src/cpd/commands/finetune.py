@@ -3,19 +3,25 @@
 The configuration has these sections; any key can be set as key=value (YAML values) after the
 preset or file of --config:
 
-  mode      finetune (everything trains) | linear (encoder frozen in eval mode: no BatchNorm
-            updates, only the classifier trains) | linear_features (features extracted once,
-            a logistic-regression classifier fitted on them: the same protocol, much faster)
+  mode      finetune (the paper's; model.train_from=1..4 for partial finetuning, as the
+            official --ft_begin_index) | linear_official (the official linear protocol: only
+            the classifier trains, BatchNorm in train mode, dropout 0.8, lr 2) | linear (cpd's
+            stricter probe: encoder frozen in eval mode, no BatchNorm updates) |
+            linear_features (linear's protocol with features extracted once: much faster)
   data      dataset (ucf101 | hmdb51 | ucf-layout | csv), split (1..3), video_root, split_dir,
             csv, classes, num_frames, stride, crop_size, scale_range, hflip (null: the
             dataset's dataset.json decides), cache_frames, workers
   model     init (random | a cpd export / checkpoint | an official CPD checkpoint), arch /
-            base_width / shortcut (for init=random), dropout (before the new classifier)
-  optim     batch_size (TOTAL over all processes), lr, momentum, weight_decay, clip_norm, amp
+            base_width / shortcut (for init=random), dropout (before the new classifier),
+            train_from (0: all; k = 1..4: layer k..4 and the classifier, as official)
+  optim     batch_size (TOTAL over all processes), lr (null: 2 for linear_official, else
+            0.02), momentum, weight_decay, clip_norm (20, as official), amp
   schedule  epochs, kind (plateau: ReduceLROnPlateau on validation accuracy | step | cosine),
-            patience, factor, milestones, gamma, warmup_epochs
-  val       subset (test, as the official code | train), max_videos (a cheaper subset)
-  test      enabled, num_clips, num_crops, crop_size, scores (softmax | logits)
+            patience, factor, min_lr (1e-6, as official), milestones, gamma, warmup_epochs
+  val       subset (test, as the official code | train), max_videos (a cheaper subset), clip
+            (random: one training-style clip per video, as official | centre)
+  test      enabled, num_clips, num_crops, crop_size, scores (logits: the official mean of
+            raw logits | softmax)
   probe     clips_per_video, solver (lbfgs | sgd), weight_decay, max_iter, test_average
   run       out, seed, resume (auto | never | FILE.pt), val_every, save_every, log_every,
             device, progress, tensorboard, threads

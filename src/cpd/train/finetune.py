@@ -4,15 +4,22 @@ Read top to bottom: :func:`finetune` sets up the process (group) and run directo
 pretraining does (:mod:`cpd.train.run`'s ``init_env``, ``write_run_files``,
 ``find_resume``), then builds the data (:func:`build_data`) and the classifier
 (:func:`build_classifier`: the encoder of ``model.init`` with a new ``fc``), runs the epochs
-(:meth:`Trainer.train_epoch`, one :func:`finetune_step` per batch), validates (centre-clip
-accuracy, :func:`evaluate_clips`) and steps ReduceLROnPlateau on it, checkpoints every epoch,
+(:meth:`Trainer.train_epoch`, one :func:`finetune_step` per batch), validates (clip accuracy
+of one clip per video, :func:`evaluate_clips`: by default a random training-style clip drawn
+from (seed, epoch, index) as the official code validates, or the centre clip with
+``val.clip: centre``) and steps ReduceLROnPlateau on it, checkpoints every epoch,
 and finishes with the multi-view test (:func:`multiview_test`, the ``cpd test`` machinery),
 ``results.json``, a printed table and ``export/``. ``mode: linear_features`` branches to
 :func:`cpd.train.probe.linear_probe` after the common setup.
 
-``mode: linear`` freezes the encoder in EVAL mode: its BatchNorm statistics never change and
-nothing inside it is random; only ``fc`` (and the dropout before it, ``model.dropout``) trains.
-The official code's "linear" protocol updated BatchNorm statistics and applied dropout 0.8.
+The modes are protocols (see :mod:`cpd.train.finetune_config`): ``finetune`` trains
+everything, or the stages from ``model.train_from`` on (the official ``--ft_begin_index``; the
+others are frozen and left out of the optimizer). ``linear_official`` is the official code's
+linear protocol (``--ft_begin_index 5``, lr 2 or 20): only ``fc`` trains, but the encoder
+runs in train mode, so BatchNorm normalises with batch statistics and re-estimates its
+running statistics, with dropout 0.8. ``linear`` is cpd's stricter probe: the encoder frozen
+in EVAL mode, its BatchNorm statistics never change and nothing inside it is random; only
+``fc`` (and the dropout before it, ``model.dropout``) trains.
 
 Checkpoints hold ``{"model", "config": {"model": ModelConfig}, "finetune": <this run's config>,
 "optimizer", "scheduler", "scaler", "epoch", "step_in_epoch", "global_step", "rng", ...}`` so
@@ -42,11 +49,11 @@ from cpd.train.finetune_build import (
     build_classifier,
     build_data,
     build_optimizer,
-    freeze_encoder,
+    freeze_stages,
     lr_factor,
     set_train_mode,
 )
-from cpd.train.finetune_config import FinetuneConfig
+from cpd.train.finetune_config import FinetuneConfig, first_trained_stage
 from cpd.train.finetune_eval import evaluate_clips, finetune_step, multiview_test, test_metrics
 from cpd.train.loader import make_loader
 from cpd.train.log import RunLogger, format_table
@@ -75,6 +82,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+BN_TRAINS = ("finetune", "linear_official")  # modes whose BatchNorm layers run in train mode
 
 
 # --- the trainer --------------------------------------------------------------------------
@@ -199,7 +208,8 @@ class Trainer(Resumable):
         self.step_in_epoch = 0
 
     def validate(self) -> None:
-        """Centre-clip accuracy; steps the plateau schedule on its top-1."""
+        """Clip accuracy (``val.clip``: a random clip of this epoch, or the centre clip); steps
+        the plateau schedule on its top-1."""
         cfg, epoch = self.cfg, self.epoch
         if self.data.val is None or cfg.run.val_every <= 0:
             return
@@ -207,7 +217,7 @@ class Trainer(Resumable):
             return
         metrics = evaluate_clips(self.model, self.data.val, self.env,
                                  batch_size=self.batch_per_rank, workers=cfg.data.workers,
-                                 amp_dtype=self.amp_dtype)  # fmt: skip
+                                 amp_dtype=self.amp_dtype, epoch=epoch)  # fmt: skip
         if self.scheduler is not None:
             self.scheduler.step(metrics["top1"])
         self.last_val = metrics
@@ -227,7 +237,7 @@ def check_batch(cfg: FinetuneConfig, env: Env, num_train: int) -> int:
         raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} (the total) is not "
                           f"divisible by the world size {env.world_size}")  # fmt: skip
     per_rank = cfg.optim.batch_size // env.world_size
-    if per_rank < 2 and cfg.mode == "finetune" and not cfg.optim.sync_bn:
+    if per_rank < 2 and cfg.mode in BN_TRAINS and not cfg.optim.sync_bn:
         raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} gives one clip per process: "
                           "BatchNorm cannot train on one sample")  # fmt: skip
     if num_train < cfg.optim.batch_size:
@@ -242,11 +252,10 @@ def build(cfg: FinetuneConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
     per_rank = check_batch(cfg, env, len(data.train))
     torch.manual_seed(cfg.run.seed)  # identical new classifier (and random init) on every rank
     model = build_classifier(cfg, data.num_classes)
-    if cfg.mode == "linear":
-        freeze_encoder(model)
+    freeze_stages(model, first_trained_stage(cfg))
     sync_bn = cfg.optim.sync_bn
     if sync_bn is None:
-        sync_bn = env.world_size > 1 and env.device.type == "cuda" and cfg.mode == "finetune"
+        sync_bn = env.world_size > 1 and env.device.type == "cuda" and cfg.mode in BN_TRAINS
     if sync_bn and env.world_size > 1:
         if env.device.type != "cuda":
             raise ConfigError("optim.sync_bn: SyncBatchNorm needs CUDA (gloo/CPU has none)")
@@ -318,7 +327,7 @@ def report(cfg: FinetuneConfig, env: Env, run_dir: Path, logger: RunLogger, mode
         "test": test, **extra, **info, "config": to_dict(cfg),
     }  # fmt: skip
     if env.main:
-        save_model(model, run_dir / "export")
+        save_model(model, run_dir / "export", training_config=cfg)
         write_results(run_dir, results)
         shown: dict[str, Any] = {k: v for k, v in extra.get("final", {}).items()
                                  if isinstance(v, (int, float))}  # fmt: skip

@@ -15,13 +15,16 @@ from torch import nn
 
 from cpd.config import ConfigError
 from cpd.data import ActionDataset, ActionRecord, ActionSplit
+from cpd.data.datasets import derive_seed
 from cpd.errors import CheckpointError, DataError
 from cpd.models import CPDModel, ModelConfig, ResNet3d, build_video_model, load_model
-from cpd.train.finetune_config import FinetuneConfig, FinetuneDataConfig
+from cpd.train.finetune_config import FinetuneConfig, FinetuneDataConfig, resolved_lr
 from cpd.train.loader import declared_hflip
 from cpd.train.schedule import cosine_lr, step_lr
 
 log = logging.getLogger(__name__)
+
+VAL_CLIP_STREAM = 11  # salt of the validation clips' seed (training clips: run.seed itself)
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -29,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FinetuneData:
-    """The training clips, the validation centre clips, the test records and the frame cache."""
+    """The training clips, the validation clips (``val.clip``), the test records, the cache."""
 
     classes: tuple[str, ...]
     train: ActionDataset
@@ -101,10 +104,17 @@ def build_data(cfg: FinetuneConfig, *, progress: bool = False, val: bool = True)
     val_set = None
     if val and cfg.run.val_every > 0:
         source = test_split if cfg.val.subset == "test" else train_split
-        val_set = ActionDataset(_subsample(source.records, cfg.val.max_videos), train=False,
-                                num_clips=1, num_crops=1,
-                                multiview_loader=cache.load_clips if cache else None,
-                                **clip)  # type: ignore[arg-type]  # fmt: skip
+        records = _subsample(source.records, cfg.val.max_videos)
+        if cfg.val.clip == "random":
+            # the official validation clip: training-style (random window, scale jitter, random
+            # crop) without the flip, drawn from (seed, epoch, index) in a stream of its own
+            val_clip = dict(clip, seed=derive_seed(cfg.run.seed, 0, 0, stream=VAL_CLIP_STREAM))
+            val_set = ActionDataset(records, train=True, hflip=0.0, scale_range=scale,
+                                    loader=cache, **val_clip)  # type: ignore[arg-type]  # fmt: skip
+        else:
+            val_set = ActionDataset(records, train=False, num_clips=1, num_crops=1,
+                                    multiview_loader=cache.load_clips if cache else None,
+                                    **clip)  # type: ignore[arg-type]  # fmt: skip
     if cache is not None:
         # fill before DataLoader workers fork, so that they share the decoded frames
         paths = train.paths + [r.path for r in test_split.records]
@@ -150,9 +160,11 @@ def build_classifier(cfg: FinetuneConfig, num_classes: int) -> ResNet3d:
 
 
 def set_train_mode(model: ResNet3d, mode: str) -> None:
-    """Train mode for ``finetune``; for ``linear`` only the head (dropout, fc) is in train
-    mode and the encoder stays in eval mode (fixed BatchNorm statistics)."""
-    if mode == "finetune":
+    """Train mode for ``finetune`` and ``linear_official`` (the official code's linear protocol:
+    BatchNorm uses batch statistics and re-estimates its running statistics, dropout is on);
+    for ``linear`` only the head (dropout, fc) is in train mode and the encoder stays in eval
+    mode (fixed BatchNorm statistics)."""
+    if mode in ("finetune", "linear_official"):
         model.train()
         return
     model.eval()
@@ -161,22 +173,42 @@ def set_train_mode(model: ResNet3d, mode: str) -> None:
 
 
 def freeze_encoder(model: ResNet3d) -> None:
-    """Only ``fc`` keeps gradients (``mode: linear``)."""
+    """Only ``fc`` keeps gradients (the ``linear*`` modes)."""
+    freeze_stages(model, 5)
+
+
+def trained_prefixes(train_from: int) -> tuple[str, ...] | None:
+    """Parameter-name prefixes that train from stage ``train_from`` (None: all of them).
+
+    As the official ``get_fine_tuning_parameters(model, ft_begin_index)``: 0 = everything,
+    k = ``layer{k}`` .. ``layer4`` and ``fc`` (5 = ``fc`` only); the stem (``conv1``,
+    ``bn1``) trains only at 0.
+    """
+    if train_from == 0:
+        return None
+    return tuple(f"layer{i}." for i in range(train_from, 5)) + ("fc.",)
+
+
+def freeze_stages(model: ResNet3d, train_from: int) -> None:
+    """``requires_grad`` off for every parameter before stage ``train_from`` (see
+    :func:`trained_prefixes`); :func:`build_optimizer` then leaves them out, as the official
+    code does. BatchNorm modes are :func:`set_train_mode`'s business."""
+    keep = trained_prefixes(train_from)
     for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith("fc."))
+        p.requires_grad_(keep is None or name.startswith(keep))
 
 
 def build_optimizer(cfg: FinetuneConfig, model: nn.Module) -> torch.optim.SGD:
     """SGD over the trainable parameters; 1-D ones without decay if ``no_decay_norm_bias``."""
-    o = cfg.optim
+    o, lr = cfg.optim, resolved_lr(cfg)
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if o.no_decay_norm_bias and p.dim() <= 1 else decay).append(p)
-    groups = [{"params": ps, "name": n, "base_lr": o.lr, "weight_decay": wd}
+    groups = [{"params": ps, "name": n, "base_lr": lr, "weight_decay": wd}
               for n, ps, wd in (("main", decay, o.weight_decay), ("no_decay", no_decay, 0.0))
               if ps]  # fmt: skip
-    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
+    return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
 
 
 def lr_factor(cfg: FinetuneConfig, epoch_float: float) -> float:

@@ -5,10 +5,22 @@ Sections (``cpd finetune --print-config`` shows every key with its resolved valu
 * ``data``: the labelled dataset (UCF101, HMDB51, a UCF-layout folder, a CSV), split, clip shape,
   frame cache;
 * ``model``: where the encoder starts (``init``: a cpd export / checkpoint, an official CPD
-  checkpoint, or ``random``), the architecture for random starts, the classifier's dropout;
-* ``mode``: ``finetune`` (everything trains), ``linear`` (encoder frozen in eval mode, only
-  the classifier trains on clips), ``linear_features`` (features extracted once, a linear
-  classifier trained on them: see :mod:`cpd.train.probe`);
+  checkpoint, or ``random``), the architecture for random starts, the classifier's dropout,
+  and which stages train (``train_from``, the official ``--ft_begin_index``);
+* ``mode``, one protocol each:
+
+  - ``finetune``: the paper's finetuning (everything trains, or the stages from
+    ``model.train_from`` on);
+  - ``linear_official``: the official code's "linear" protocol (``--ft_begin_index 5``): only
+    ``fc`` trains, but the encoder runs in TRAIN mode, so its BatchNorm layers normalise with
+    batch statistics and re-estimate their running statistics, and dropout (0.8) is on;
+    ``optim.lr`` defaults to 2 (the official README: "2 or 20"). This is the protocol behind
+    the paper's "frozen" numbers (UCF101 83.7, HMDB51 54.7);
+  - ``linear``: cpd's linear probe, a strictly frozen encoder: the encoder is in EVAL mode
+    (running statistics used and never changed) and only ``fc`` (and the dropout before it)
+    trains, on clips. Better defined than the official protocol, but not the paper's;
+  - ``linear_features``: the protocol of ``linear`` computed fast (features extracted once,
+    a linear classifier fitted on them: see :mod:`cpd.train.probe`);
 * ``optim`` / ``schedule``: SGD and the lr schedule (ReduceLROnPlateau on validation accuracy,
   the paper's, or step / cosine);
 * ``val``: clip-level accuracy on the test split each epoch (drives the plateau schedule);
@@ -38,7 +50,9 @@ __all__ = [
     "ProbeConfig",
     "TestConfig",
     "ValConfig",
+    "first_trained_stage",
     "load_finetune_config",
+    "resolved_lr",
 ]
 
 
@@ -91,7 +105,17 @@ class ClassifierConfig:
         arch / base_width / shortcut / temporal_stages: the architecture for ``init: random``
             (temporal_stages default [3, 4], slow-only); with a checkpoint
             they come from it (a value given here must then agree).
-        dropout: dropout before the classifier (0.8 in the paper's finetuning).
+        dropout: dropout before the classifier (0.8 in the paper's finetuning and in the
+            official linear protocol).
+        train_from: the first stage that trains, as the official ``--ft_begin_index``
+            (``get_fine_tuning_parameters`` in its ``models/resnet.py``): 0 (default, as
+            official) = every parameter; k in 1..4 = ``layer{k}`` .. ``layer4`` and ``fc``;
+            5 = ``fc`` only. The other parameters (the stem ``conv1`` / ``bn1`` and the
+            earlier layers) get ``requires_grad`` off and are left out of the optimizer (no
+            update, no weight decay); the trained ones all share ``optim.lr`` (the official
+            function's ``lr`` argument is unused). In ``mode: finetune`` the frozen stages'
+            BatchNorm layers still run in train mode and re-estimate their running statistics,
+            as in the official code. The ``linear*`` modes imply 5 (0 or 5 accepted there).
     """
 
     init: str = "random"
@@ -100,22 +124,36 @@ class ClassifierConfig:
     shortcut: Literal["A", "B"] | None = None
     temporal_stages: list[int] | None = None
     dropout: float = 0.8
+    train_from: int = 0
+
+
+# optim.lr when null: the official README's finetuning lr, and its linear-probe lr ("change
+# the learning rate to 2 or 20"; 2 here) for mode linear_official.
+FINETUNE_LR = 0.02
+OFFICIAL_LINEAR_LR = 2.0
 
 
 @dataclass
 class FinetuneOptimConfig:
-    """SGD of the trainable parameters (``batch_size`` is the total over all processes)."""
+    """SGD of the trainable parameters (``batch_size`` is the total over all processes).
+
+    ``lr``: null = the mode's default (0.02 for ``finetune`` / ``linear`` / ``linear_features``,
+    2.0 for ``linear_official``), filled in when the config is loaded. ``clip_norm``: the
+    gradient norm is clipped at 20 (the official ``--clip_gradient`` default; 0 = off).
+    ``sync_bn``: false = per-process BatchNorm, as the official finetuning (16 clips per GPU);
+    true = SyncBatchNorm (CUDA); null = on for several CUDA processes when BatchNorm trains.
+    """
 
     batch_size: int = 128
-    lr: float = 0.02
+    lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
     nesterov: bool = False
     no_decay_norm_bias: bool = False  # the official code decays BatchNorm parameters too
-    clip_norm: float = 0.0
+    clip_norm: float = 20.0
     amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
     channels_last: bool = True
-    sync_bn: bool | None = None
+    sync_bn: bool | None = False
 
 
 @dataclass
@@ -125,7 +163,8 @@ class FinetuneScheduleConfig:
     Attributes:
         kind: "plateau" (ReduceLROnPlateau, mode max, on the validation accuracy after each
             validation; the paper's), "step" or "cosine" (pure functions of the epoch).
-        patience / factor / min_lr: the plateau schedule (5, 0.1).
+        patience / factor / min_lr: the plateau schedule (5, 0.1, and the lr never below
+            1e-6, as the official ``ReduceLROnPlateau(..., min_lr=1e-6)``).
         milestones / gamma / warmup_epochs: step / cosine schedules.
     """
 
@@ -133,7 +172,7 @@ class FinetuneScheduleConfig:
     kind: Literal["plateau", "step", "cosine"] = "plateau"
     patience: int = 5
     factor: float = 0.1
-    min_lr: float = 0.0
+    min_lr: float = 1e-6
     milestones: list[int] = field(default_factory=list)
     gamma: float = 0.1
     warmup_epochs: float = 0.0
@@ -141,26 +180,35 @@ class FinetuneScheduleConfig:
 
 @dataclass
 class ValConfig:
-    """Validation each ``run.val_every`` epochs: clip-level accuracy of the centre clip.
+    """Validation each ``run.val_every`` epochs: clip-level accuracy of one clip per video.
 
     Attributes:
         subset: "test" (the official code validates on the test split) or "train".
         max_videos: evaluate at most this many, evenly spaced (0 = all): a cheaper estimate.
+        clip: "random" (default, the official validation): one training-style clip per video,
+            a random window, short side jittered in ``data.scale_range`` and a random crop, no
+            flip, drawn from (``run.seed``, epoch, video index), so it changes every epoch
+            and repeats in a resumed run; "centre": the centre window, short side resized to
+            the crop size, the centre crop (the same clip every epoch: a less noisy signal
+            for the plateau schedule, but not the official one).
     """
 
     subset: Literal["test", "train"] = "test"
     max_videos: int = 0
+    clip: Literal["random", "centre"] = "random"
 
 
 @dataclass
 class TestConfig:
-    """The final multi-view test on the test split (scores: mean of the views' softmax).
+    """The final multi-view test on the test split (scores: mean of the views' raw logits, as
+    the official test.py).
 
     Attributes:
         enabled: run it at the end.
         num_clips / num_crops: views per video (10 x 3, the paper).
         crop_size: short-side resize and crop size (null = ``data.crop_size``).
-        scores: "softmax" (mean of view probabilities) or "logits".
+        scores: "logits" (mean of the views' raw logits, the official) or "softmax" (mean of
+            view probabilities).
         batch_size: videos per loader batch (one video's views go through the model at once).
     """
 
@@ -168,7 +216,7 @@ class TestConfig:
     num_clips: int = 10
     num_crops: int = 3
     crop_size: int | None = None
-    scores: Literal["softmax", "logits"] = "softmax"
+    scores: Literal["softmax", "logits"] = "logits"
     batch_size: int = 4
 
 
@@ -182,8 +230,9 @@ class ProbeConfig:
             ``optim.lr`` / ``optim.momentum`` and ``schedule.epochs`` as a cosine schedule).
         weight_decay: L2 penalty on the classifier weights (on standardised features).
         max_iter: L-BFGS iterations.
-        test_average: "scores" (each view classified, softmax averaged: the finetuning test's
-            protocol) or "features" (features averaged over views, then classified).
+        test_average: "scores" (each view classified, the scores averaged as ``test.scores``
+            says: the finetuning test's protocol) or "features" (features averaged over views,
+            then classified).
     """
 
     clips_per_video: int = 1
@@ -204,9 +253,9 @@ class FinetuneRunConfig(RunConfig):
 
 @dataclass
 class FinetuneConfig:
-    """Everything ``cpd finetune`` needs; see the module docstring."""
+    """Everything ``cpd finetune`` needs; see the module docstring (``mode``: one protocol each)."""
 
-    mode: Literal["finetune", "linear", "linear_features"] = "finetune"
+    mode: Literal["finetune", "linear_official", "linear", "linear_features"] = "finetune"
     data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
     model: ClassifierConfig = field(default_factory=ClassifierConfig)
     optim: FinetuneOptimConfig = field(default_factory=FinetuneOptimConfig)
@@ -223,8 +272,21 @@ def load_finetune_config(
     """Defaults, then the YAML file or preset ``config``, then ``key=value`` ``overrides``."""
     path = find_preset(config) if config else None
     cfg = load_config(FinetuneConfig, path, overrides)
+    cfg.optim.lr = resolved_lr(cfg)
     check_config(cfg)
     return cfg
+
+
+def resolved_lr(cfg: FinetuneConfig) -> float:
+    """``optim.lr``, or the mode's default when it is null (see :class:`FinetuneOptimConfig`)."""
+    if cfg.optim.lr is not None:
+        return cfg.optim.lr
+    return OFFICIAL_LINEAR_LR if cfg.mode == "linear_official" else FINETUNE_LR
+
+
+def first_trained_stage(cfg: FinetuneConfig) -> int:
+    """The first stage that trains: ``model.train_from`` when finetuning, 5 (``fc``) else."""
+    return cfg.model.train_from if cfg.mode == "finetune" else 5
 
 
 def check_config(cfg: FinetuneConfig) -> None:
@@ -250,6 +312,12 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"model.dropout: in [0, 1), got {cfg.model.dropout}")
     if not cfg.model.init:
         raise ConfigError("model.init: 'random' or a checkpoint / export path")
+    if not 0 <= cfg.model.train_from <= 5:
+        raise ConfigError(f"model.train_from: 0..5 (the official --ft_begin_index), got "
+                          f"{cfg.model.train_from}")  # fmt: skip
+    if cfg.mode != "finetune" and cfg.model.train_from not in (0, 5):
+        raise ConfigError(f"model.train_from={cfg.model.train_from}: mode={cfg.mode} trains "
+                          "only fc (train_from 5); partial finetuning needs mode=finetune")  # fmt: skip
     if cfg.schedule.kind == "plateau" and cfg.run.val_every <= 0 and cfg.mode != "linear_features":
         raise ConfigError(
             "schedule.kind=plateau steps on validation accuracy: set run.val_every >= 1 "

@@ -1,4 +1,4 @@
-"""``cpd finetune``'s training step, centre-clip validation and the final multi-view test."""
+"""``cpd finetune``'s training step, one-clip validation and the final multi-view test."""
 
 from __future__ import annotations
 
@@ -76,9 +76,13 @@ def finetune_step(
 @torch.no_grad()
 def evaluate_clips(
     model: nn.Module, dataset: ActionDataset, env: Env, *, batch_size: int, workers: int = 0,
-    amp_dtype: torch.dtype | None = None,
+    amp_dtype: torch.dtype | None = None, epoch: int = 0,
 ) -> dict[str, float]:  # fmt: skip
-    """Clip-level top-1 / top-5 of the centre clip of every video, exact under DDP.
+    """Clip-level top-1 / top-5 of one clip of every video, exact under DDP.
+
+    ``dataset`` gives either one view per video (``[1, 3, T, S, S]``: the centre clip) or one
+    training-style clip (``[3, T, S, S]``, drawn from (seed, ``epoch``, index): the official
+    validation's random clip).
 
     Collective under a process group (every rank embeds its share; the logits are gathered
     with their indices and the sampler's padded repeats dropped).
@@ -87,12 +91,15 @@ def evaluate_clips(
 
     was_training = model.training
     model.eval()
-    loader = make_loader(dataset, batch_size=batch_size, train=False, seed=0, epoch=0,  # type: ignore[arg-type]
+    loader = make_loader(dataset, batch_size=batch_size, train=False, seed=0, epoch=epoch,  # type: ignore[arg-type]
                          workers=workers, rank=env.rank, world_size=env.world_size)  # fmt: skip
     rows, labels, indices = [], [], []
     for batch in loader:
+        video = batch["video"]
+        if video.dim() == 6:  # [B, 1 view, 3, T, S, S]
+            video = video.flatten(0, 1)
         with autocast_context(env.device, amp_dtype):
-            logits = model(batch["video"].flatten(0, 1).to(env.device, non_blocking=True))
+            logits = model(video.to(env.device, non_blocking=True))
         rows.append(logits.float())
         labels.append(batch["label"].to(env.device))
         indices.append(batch["index"].to(env.device))

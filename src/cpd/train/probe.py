@@ -1,8 +1,9 @@
 """``mode: linear_features``: the linear probe on features extracted once.
 
-The protocol is the linear probe's (a frozen encoder in eval mode, a linear classifier on its
-pooled features, the multi-view test), computed orders of magnitude faster than training the
-classifier through the encoder epoch after epoch:
+The protocol is cpd's linear probe, ``mode: linear`` (a frozen encoder in eval mode, a linear
+classifier on its pooled features, the multi-view test), not the official code's
+(``mode: linear_official``: BatchNorm in train mode, dropout 0.8), computed orders of
+magnitude faster than training the classifier through the encoder epoch after epoch:
 
 1. Training features: ``probe.clips_per_video`` augmented clips per training video (clip k
    drawn as in epoch k of training, from ``(seed, k, index)``), each through the encoder in
@@ -36,7 +37,7 @@ from cpd.eval.gather import gather_embeddings
 from cpd.train.checkpoint import atomic_save, read_checkpoint
 from cpd.train.finetune import report
 from cpd.train.finetune_build import FinetuneData, build_classifier, build_data
-from cpd.train.finetune_config import FinetuneConfig
+from cpd.train.finetune_config import FinetuneConfig, resolved_lr
 from cpd.train.finetune_eval import multiview_test, test_metrics
 from cpd.train.loader import make_loader
 from cpd.train.log import RunLogger
@@ -124,15 +125,18 @@ def fit_linear(
 
 
 def score_views(values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                average: str) -> torch.Tensor:  # fmt: skip
+                average: str, scores: str = "logits") -> torch.Tensor:  # fmt: skip
     """Video scores ``[N, C]`` from per-video view features ``values`` (``[N, V*D]`` when
-    ``average == "scores"``: mean of the views' softmax; ``[N, D]`` for "features": softmax of
-    the mean feature). NaN rows (failed videos) stay NaN."""
+    ``average == "scores"``: the mean of the views' logits, or of their softmax with
+    ``scores="softmax"``; ``[N, D]`` for "features": the scores of the mean feature). NaN rows
+    (failed videos) stay NaN."""
     d = weight.shape[1]
     if average == "scores":
         views = values.reshape(len(values), -1, d).double()
-        return (views @ weight.double().T + bias.double()).softmax(-1).mean(1)
-    return (values.double() @ weight.double().T + bias.double()).softmax(-1)
+        logits = views @ weight.double().T + bias.double()
+        return (logits.softmax(-1) if scores == "softmax" else logits).mean(1)
+    logits = values.double() @ weight.double().T + bias.double()
+    return logits.softmax(-1) if scores == "softmax" else logits
 
 
 def _feature_key(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -206,7 +210,7 @@ def linear_probe(cfg: FinetuneConfig, env: Env, run_dir: Path, logger: RunLogger
     weight, bias = fit_linear(
         feats["train_x"], feats["train_y"], data.num_classes, solver=p.solver,
         weight_decay=p.weight_decay, max_iter=p.max_iter, epochs=cfg.schedule.epochs,
-        lr=cfg.optim.lr, momentum=cfg.optim.momentum, batch_size=cfg.optim.batch_size,
+        lr=resolved_lr(cfg), momentum=cfg.optim.momentum, batch_size=cfg.optim.batch_size,
         seed=cfg.run.seed)  # fmt: skip
     if env.world_size > 1:  # one classifier everywhere, whatever the solver's float noise
         weight, bias = weight.to(env.device), bias.to(env.device)
@@ -219,7 +223,7 @@ def linear_probe(cfg: FinetuneConfig, env: Env, run_dir: Path, logger: RunLogger
     train_logits = feats["train_x"] @ weight.T + bias
     train_top1 = float((train_logits.argmax(1) == feats["train_y"]).double().mean())
     values = feats["test_values"]
-    scores = score_views(values, weight, bias, p.test_average)
+    scores = score_views(values, weight, bias, p.test_average, cfg.test.scores)
     test = test_metrics(scores, _Outputs(len(values), failed), data) if cfg.test.enabled else None
     final = {"train_clip_top1": train_top1, "train_samples": len(feats["train_y"]),
              "feature_dim": int(weight.shape[1])}  # fmt: skip
