@@ -100,7 +100,7 @@ def test_cpd_test_writes_results_predictions_and_figure(
     assert {r["status"] for r in rows} == {"ok"} and all(len(r["top5"].split()) == 5 for r in rows)
     assert s["top1"] == np.mean([r["correct"] == "1" for r in rows])
     scores = np.load(out / "scores_split1.npy")
-    assert scores.shape == (4, 8) and np.allclose(scores.sum(1), 1, atol=1e-5)  # probabilities
+    assert scores.shape == (4, 8) and results["protocol"]["scores"] == "logits"  # mean logits
     assert len(s["per_class_accuracy"]) == 8 and np.array(s["confusion_matrix"]).sum() == 4
     assert (out / "confusion_split1.png").read_bytes()[:4] == b"\x89PNG"
     assert "top-1 %" in capsys.readouterr().out
@@ -113,7 +113,7 @@ def test_cpd_test_counts_failed_videos_and_averages_splits(
     out = tmp_path / "eval"
     argv = [classifier, "--dataset", "csv", "--csv", str(listing), "--classes", str(classes),
             "--subset", "all", "--video-root", str(tmp_path), "--split", "1", "2", "--out",
-            str(out), *VIEWS]  # fmt: skip
+            str(out), "--scores", "softmax", *VIEWS]  # fmt: skip
     assert cli("test", argv) == 0
     results = json.loads((out / "results.json").read_text())
     s = results["splits"]["1"]
@@ -121,7 +121,8 @@ def test_cpd_test_counts_failed_videos_and_averages_splits(
     assert s["failed"][0]["video_id"] == "Growing/broken"
     rows = list(csv.DictReader((out / "predictions_split1.csv").open()))
     assert len(rows) == 5 and rows[-1]["status"].startswith("failed") and rows[-1]["top5"] == ""
-    assert np.isnan(np.load(out / "scores_split1.npy")[-1]).all()
+    scores = np.load(out / "scores_split1.npy")
+    assert np.isnan(scores[-1]).all() and np.allclose(scores[:-1].sum(1), 1, atol=1e-5)  # probs
     mean = results["mean_over_splits"]  # the same list twice: mean = the split, std = 0
     assert mean["top1"] == s["top1"] and mean["top1_std"] == 0.0
     assert "mean" in capsys.readouterr().out

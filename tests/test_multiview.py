@@ -76,14 +76,14 @@ def test_real_undecodable_file_is_reported(tmp_path):
     assert list(out.failed) == [0] and "cannot open" in out.failed[0][1]
 
 
-def test_classifier_scores_average_softmax_or_logits_over_views():
+def test_classifier_scores_average_logits_by_default_or_softmax_over_views():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * T * S * S, 5)).double()
     views = torch.randn(VIEWS, 3, T, S, S, dtype=torch.float64)
     logits = model(views)
     naive = sum(torch.softmax(logits[v], 0) for v in range(VIEWS)) / VIEWS
-    assert torch.allclose(classifier_scores(model)(views), naive, atol=1e-15)
-    assert torch.allclose(classifier_scores(model, "logits")(views), logits.mean(0))
+    assert torch.allclose(classifier_scores(model, "softmax")(views), naive, atol=1e-15)
+    assert torch.allclose(classifier_scores(model)(views), logits.mean(0))  # official test.py
     with pytest.raises(ValueError):
         classifier_scores(model, "max")
 

@@ -1,4 +1,5 @@
-"""Retrieval metrics against a naive loop implementation: ties, several captions, chunking."""
+"""Retrieval metrics against a naive loop implementation: ties (against the query), several
+captions, chunking."""
 
 from __future__ import annotations
 
@@ -21,17 +22,18 @@ def _int_embeddings(n: int, m: int, seed: int, d: int = 3) -> tuple[torch.Tensor
 def _naive(video, text, t2v_index):
     v, t = video.tolist(), text.tolist()
     sim = [[sum(a * b for a, b in zip(tr, vr, strict=True)) for vr in v] for tr in t]  # [M][N]
+    # ties count against the query: every *other* item scoring >= the true one goes first
     t2v = []
     for j, row in enumerate(sim):
         true = row[t2v_index[j]]
-        t2v.append(1 + sum(s > true for s in row))
+        t2v.append(1 + sum(s >= true for i, s in enumerate(row) if i != t2v_index[j]))
     v2t = []
     for i in range(len(v)):
         caps = [j for j in range(len(t)) if t2v_index[j] == i]
         if not caps:
             continue
         best = max(sim[j][i] for j in caps)
-        v2t.append(1 + sum(sim[j][i] > best for j in range(len(t))))
+        v2t.append(1 + sum(sim[j][i] >= best for j in range(len(t)) if t2v_index[j] != i))
     return t2v, v2t
 
 
@@ -79,10 +81,14 @@ def test_perfect_and_reversed_retrieval_on_continuous_embeddings():
     assert m["t2v_mean_rank"] == 100.0 and m["v2t_r10"] == 0.0
 
 
-def test_ties_resolve_in_favour_of_the_true_item():
+def test_ties_count_against_the_query():
     video = torch.ones(5, 4)  # every similarity is equal
     m = retrieval_metrics(video, torch.ones(5, 4))
-    assert m["t2v_r1"] == 1.0 and m["v2t_mean_rank"] == 1.0
+    assert m["t2v_r1"] == 0.0 and m["v2t_mean_rank"] == 5.0 and m["t2v_r5"] == 1.0
+    # a video's own captions tying with its best one do not push it down
+    ranks = retrieval_ranks(torch.eye(2), torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0]]),
+                            text_to_video=torch.tensor([0, 0, 1]))  # fmt: skip
+    assert ranks.v2t.tolist() == [1, 1] and ranks.t2v.tolist() == [1, 1, 1]
 
 
 def test_ranks_do_not_depend_on_gallery_order():

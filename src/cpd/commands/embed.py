@@ -3,7 +3,10 @@
 --videos takes paths, glob patterns ("data/**/*.mp4", quoted) and list files (.txt, one path
 per line). A CPD model gives unit video embeddings (the renormalised mean over --num-clips x
 --num-crops views, default one centre clip); a classifier gives its pooled backbone features.
-Videos that fail to decode are skipped and listed in results.json.
+Videos that fail to decode are skipped and listed in results.json. --num-frames, --stride,
+--crop-size, --fps, --mean and --std default to the checkpoint's preprocessing (an export's
+config.json, a training checkpoint's run config), else 8 frames, stride 4, crop 112, 30 fps,
+mean 0.45 / std 0.225; flags given win.
 
 --captions takes a .txt file (one caption per line; ids = line numbers) or a caption manifest
 (ids = video ids) and needs a CPD model. A manifest is read as cpd pretrain and cpd retrieval
@@ -60,7 +63,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_shards(args: argparse.Namespace) -> int:
     """Videos (and captions, for a CPD model) of every sample of the shards, ids = keys."""
     from cpd.errors import DataError
-    from cpd.eval.common import close_distributed, init_distributed, results_header, write_results
+    from cpd.eval.common import (
+        close_distributed,
+        init_distributed,
+        resolve_view_arguments,
+        results_header,
+        view_options,
+        view_protocol,
+        write_results,
+    )
     from cpd.eval.embed import video_feature_fn, write_embeddings
     from cpd.eval.shards import embed_shards
     from cpd.models import CPDModel, load_model
@@ -68,12 +79,10 @@ def _run_shards(args: argparse.Namespace) -> int:
     env = init_distributed(args.device, args.quiet)
     try:
         model = load_model(args.checkpoint, env.device)
+        sources = resolve_view_arguments(args, model)
         fn, dim = video_feature_fn(model)
-        got = embed_shards(model, args.shards, env, video_fn=fn, dim=dim,
-                           num_clips=args.num_clips, num_crops=args.num_crops,
-                           num_frames=args.num_frames, stride=args.stride,
-                           crop_size=args.crop_size, batch_size=args.batch_size,
-                           workers=args.workers, index_dirs=[args.out],
+        got = embed_shards(model, args.shards, env, video_fn=fn, dim=dim, **view_options(args),
+                           batch_size=args.batch_size, workers=args.workers, index_dirs=[args.out],
                            caption_key=args.caption_key,
                            texts=isinstance(model, CPDModel))  # fmt: skip
     finally:
@@ -86,8 +95,8 @@ def _run_shards(args: argparse.Namespace) -> int:
     if got.texts is not None:
         files += write_embeddings(args.out, "texts", got.texts.float(), got.keys, args.format)
     results = results_header("embed", args.checkpoint, env)
-    results["protocol"] = {k: getattr(args, k) for k in ("shards", "format", "num_clips",
-                           "num_crops", "num_frames", "stride", "crop_size")}  # fmt: skip
+    results["protocol"] = {"shards": args.shards, "format": args.format,
+                           **view_protocol(args, sources)}  # fmt: skip
     results.update(kind="shards", num=len(got.keys), dim=int(got.videos.shape[1]),
                    files=[str(f) for f in files], num_failed=len(got.missing),
                    failed=[{"row": r} for r in got.missing], seeds=None)  # fmt: skip
@@ -105,7 +114,15 @@ def _run(args: argparse.Namespace) -> int:
     from cpd.commands.zeroshot import load_cpd_model
     from cpd.data import ActionRecord
     from cpd.errors import DataError
-    from cpd.eval.common import close_distributed, init_distributed, results_header, write_results
+    from cpd.eval.common import (
+        close_distributed,
+        init_distributed,
+        resolve_view_arguments,
+        results_header,
+        view_options,
+        view_protocol,
+        write_results,
+    )
     from cpd.eval.embed import (
         embed_texts,
         expand_video_inputs,
@@ -131,14 +148,14 @@ def _run(args: argparse.Namespace) -> int:
         with torch.inference_mode():
             if args.captions:
                 model = load_cpd_model(args.checkpoint, env.device)
+                sources = resolve_view_arguments(args, model)
                 emb, name = embed_texts(model, texts, env, batch_size=256), "texts"
             else:
                 model = load_model(args.checkpoint, env.device)
+                sources = resolve_view_arguments(args, model)
                 fn, dim = video_feature_fn(model)
                 records = [ActionRecord(i, p, p, 0, "", None) for i, p in enumerate(paths)]
-                dataset = multiview_dataset(records, num_clips=args.num_clips,
-                                            num_crops=args.num_crops, num_frames=args.num_frames,
-                                            stride=args.stride, crop_size=args.crop_size)  # fmt: skip
+                dataset = multiview_dataset(records, **view_options(args))
                 out = collect_video_outputs(dataset, fn, env, dim=dim, batch_size=args.batch_size,
                                             workers=args.workers, desc="videos")  # fmt: skip
                 ok = out.ok
@@ -153,8 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         raise DataError("no video could be decoded")
     files = write_embeddings(args.out, name, emb, ids, args.format)
     results = results_header("embed", args.checkpoint, env)
-    results["protocol"] = {k: getattr(args, k) for k in ("format", "num_clips", "num_crops",
-                           "num_frames", "stride", "crop_size")}  # fmt: skip
+    results["protocol"] = {"format": args.format, **view_protocol(args, sources)}
     results.update(kind=name, num=len(ids), dim=int(emb.shape[1]), files=[str(f) for f in files],
                    num_failed=len(failed), failed=failed, seeds=None)  # fmt: skip
     if manifest:

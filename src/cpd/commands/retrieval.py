@@ -8,6 +8,14 @@ views (default one centre clip, as pretraining validates); similarities are comp
 --chunk-size query rows at a time. Chance levels are printed beside the recalls. Videos that
 fail to decode are left out with their captions, and counted.
 
+Ranks count ties against the query: 1 + the gallery items other than the true one that score
+at least as high, so a collapsed model (one embedding for everything) gets R@1 = 0, not 100%.
+
+--num-frames, --stride, --crop-size, --fps, --mean and --std default to the checkpoint's
+preprocessing (an export's config.json, a training checkpoint's run config: the clips the
+model was trained on), else 8 frames, stride 4, crop 112, 30 fps, mean 0.45 / std 0.225;
+flags given win, and results.json records where each value came from.
+
 CHECKPOINT must be a CPD model with its text tower. Writes results.json to --out.
 
 The manifest is read as cpd pretrain reads it: --format (alias --manifest-format; default auto,
@@ -133,7 +141,15 @@ def _run_shards(args: argparse.Namespace) -> int:
     """Retrieval among the samples of shards: caption ``i`` belongs to video ``i``."""
     from cpd.commands.zeroshot import load_cpd_model
     from cpd.errors import DataError
-    from cpd.eval.common import close_distributed, init_distributed, results_header, write_results
+    from cpd.eval.common import (
+        close_distributed,
+        init_distributed,
+        resolve_view_arguments,
+        results_header,
+        view_options,
+        view_protocol,
+        write_results,
+    )
     from cpd.eval.retrieval import retrieval_metrics
     from cpd.eval.shards import embed_shards
     from cpd.eval.zeroshot import video_embedding_fn
@@ -141,10 +157,9 @@ def _run_shards(args: argparse.Namespace) -> int:
     env = init_distributed(args.device, args.quiet)
     try:
         model = load_cpd_model(args.checkpoint, env.device)
+        sources = resolve_view_arguments(args, model)
         got = embed_shards(model, args.shards, env, video_fn=video_embedding_fn(model),
-                           dim=model.embed_dim, num_clips=args.num_clips,
-                           num_crops=args.num_crops, num_frames=args.num_frames,
-                           stride=args.stride, crop_size=args.crop_size,
+                           dim=model.embed_dim, **view_options(args),
                            batch_size=args.batch_size, workers=args.workers,
                            index_dirs=[args.out] if args.out else [],
                            caption_key=args.caption_key)  # fmt: skip
@@ -156,8 +171,8 @@ def _run_shards(args: argparse.Namespace) -> int:
         raise DataError(f"{args.shards}: no sample could be read and decoded")
     metrics = retrieval_metrics(got.videos, got.texts, chunk_size=args.chunk_size)
     results = results_header("retrieval", args.checkpoint, env)
-    results["protocol"] = {k: getattr(args, k) for k in ("shards", "num_clips", "num_crops",
-                           "num_frames", "stride", "crop_size", "chunk_size")}  # fmt: skip
+    results["protocol"] = {"shards": args.shards, **view_protocol(args, sources),
+                           "chunk_size": args.chunk_size}  # fmt: skip
     results.update(seeds=None, metrics=metrics, num_failed=len(got.missing),
                    failed=[{"row": r} for r in got.missing])  # fmt: skip
     if args.out:
@@ -176,7 +191,15 @@ def _run(args: argparse.Namespace) -> int:
     from cpd.data import read_caption_manifest
     from cpd.data.manifests import ManifestReport
     from cpd.errors import DataError
-    from cpd.eval.common import close_distributed, init_distributed, results_header, write_results
+    from cpd.eval.common import (
+        close_distributed,
+        init_distributed,
+        resolve_view_arguments,
+        results_header,
+        view_options,
+        view_protocol,
+        write_results,
+    )
     from cpd.eval.embed import embed_texts
     from cpd.eval.multiview import collect_video_outputs, multiview_dataset
     from cpd.eval.retrieval import retrieval_metrics
@@ -195,10 +218,9 @@ def _run(args: argparse.Namespace) -> int:
     env = init_distributed(args.device, args.quiet)
     try:
         model = load_cpd_model(args.checkpoint, env.device)
+        sources = resolve_view_arguments(args, model)
         with torch.inference_mode():
-            dataset = multiview_dataset(videos, num_clips=args.num_clips, num_crops=args.num_crops,
-                                        num_frames=args.num_frames, stride=args.stride,
-                                        crop_size=args.crop_size)  # fmt: skip
+            dataset = multiview_dataset(videos, **view_options(args))
             out = collect_video_outputs(dataset, video_embedding_fn(model), env,
                                         dim=model.embed_dim, batch_size=args.batch_size,
                                         workers=args.workers, desc="videos")  # fmt: skip
@@ -218,8 +240,8 @@ def _run(args: argparse.Namespace) -> int:
                                 text_to_video=new_id[t2v[keep_text]],
                                 chunk_size=args.chunk_size)  # fmt: skip
     results = results_header("retrieval", args.checkpoint, env)
-    results["protocol"] = {k: getattr(args, k) for k in ("captions", "split", "num_clips",
-                           "num_crops", "num_frames", "stride", "crop_size", "chunk_size")}  # fmt: skip
+    results["protocol"] = {"captions": args.captions, "split": args.split,
+                           **view_protocol(args, sources), "chunk_size": args.chunk_size}  # fmt: skip
     results["protocol"]["root"] = str(root)
     results["protocol"].update(manifest_protocol(args))
     results.update(report_manifest(report, args.out if args.bad_rows == "skip" else None))

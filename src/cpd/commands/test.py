@@ -2,10 +2,17 @@
 
 Each test video gives --num-clips uniformly spaced clips x --num-crops crops (10 x 3 by default,
 the paper's protocol; short side resized to --crop-size, crops along the long side). The
-video's score is the mean of its views' softmax probabilities (--scores logits: mean logits);
-its prediction is the argmax. Reported per split: video-level top-1 / top-5, mean class
-accuracy; with several --split values also their mean ± std (the paper's "average of 3
-splits", sample std).
+video's score is the mean of its views' raw logits, as the official test.py averages them
+(--scores softmax: the mean of the views' softmax probabilities instead); its prediction is
+the argmax. Reported per split: video-level top-1 / top-5, mean class accuracy; with several
+--split values also their mean ± std (the paper's "average of 3 splits", sample std).
+
+Clip geometry and normalisation (--num-frames, --stride, --crop-size, --fps, --mean, --std)
+default to what the checkpoint records: an export's config.json "preprocessing" (written by
+cpd pretrain / cpd finetune: the training clip, and the test size as --crop-size, e.g. 256 for
+the finetune_ucf101_r50 preset), a training checkpoint's run config. Checkpoints that record
+none (official ones, older exports) fall back to 16 frames, stride 4, crop 112, 30 fps,
+mean 0.45 / std 0.225. Flags given win; results.json says where each value came from.
 
 CHECKPOINT must be a classifier: an export or training checkpoint with num_classes > 0, or an
 official CPD-Video finetuning checkpoint. A pretrained CPD model has no classifier: finetune
@@ -19,17 +26,27 @@ predictions_split<N>.csv (video_id, true_label, predicted_label, correct, top5, 
 row per test video), scores_split<N>.npy (float32 [videos, classes], NaN rows for failures),
 confusion_split<N>.png.
 
+--official-json PATH also writes the official prediction file: {"results": {video_id:
+[{"label": class name, "score": video score}]}} with the top-1 class of each video that was
+evaluated (the official test.py writes topk(k=1) of the mean logits; main.py dumps it to
+<result_path>/val.json). Name it DIR/val.json and the official scorer reads it:
+  python evaluation/evaluate_ucf101.py --dataset ucf101_01.json --pred_results DIR
+That scorer counts videos without a prediction (here: videos that failed to decode) as wrong.
+With several --split values PATH must hold {split} (e.g. eval/split{split}/val.json).
+
 Several processes: torchrun --nproc_per_node N -m cpd test ... gives each process whole videos
 and gathers the scores exactly: the result equals one process's.
 
 Example:
-  cpd test runs/ft/export --dataset ucf101 --video-root /data/UCF-101 --split 1 2 3 --out eval/
+  cpd test runs/ft/export --dataset ucf101 --video-root /data/UCF-101 --split 1 2 3 --out eval/ \
+      --official-json eval/official{split}/val.json
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import sys
 from pathlib import Path
@@ -51,8 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="classifier to test")
     add_dataset_arguments(parser, several_splits=True)
     add_view_arguments(parser, clips=10, crops=3)
-    parser.add_argument("--scores", default="softmax", choices=("softmax", "logits"),
-                        help="what is averaged over a video's views (default softmax)")  # fmt: skip
+    parser.add_argument("--scores", default="logits", choices=("logits", "softmax"),
+                        help="what is averaged over a video's views: logits (default; the "
+                        "official test.py's mean of the raw outputs) or softmax (mean of the "
+                        "views' probabilities)")  # fmt: skip
+    parser.add_argument("--official-json", metavar="PATH",
+                        help="also write the official prediction JSON ({'results': {video_id: "
+                        "[{'label', 'score'}]}}, top-1) that evaluation/evaluate_ucf101.py "
+                        "scores; name it DIR/val.json; {split} in PATH is the split number "
+                        "(needed with several --split values)")  # fmt: skip
     add_common_arguments(parser)
 
 
@@ -88,13 +112,46 @@ def write_predictions(path: Path, split: Any, outputs: Any, classes: list[str]) 
                              int(top[0] == record.label), " ".join(classes[i] for i in top), "ok"])  # fmt: skip
 
 
+def official_predictions(split: Any, outputs: Any, k: int = 1) -> dict[str, Any]:
+    """The official prediction file's content: ``{"results": {video_id: [{"label": class,
+    "score": float}, ...]}}`` with the top-``k`` classes of each evaluated video, best first,
+    as test.py's ``calculate_video_results`` builds it (k=1 there) and main.py dumps it.
+    Videos that failed to decode get no entry (the official dataset drops unreadable videos;
+    its scorer counts a video without prediction as a miss)."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    for record, row in zip(split.records, outputs.values, strict=True):
+        if record.index in outputs.failed:
+            continue
+        if record.video_id in results:
+            from cpd.errors import DataError
+
+            raise DataError(f"video id {record.video_id!r} appears twice: the official "
+                            "prediction file is keyed by video id")  # fmt: skip
+        top = row.topk(min(k, len(split.classes)))
+        results[record.video_id] = [
+            {"label": split.classes[int(i)], "score": float(v)}
+            for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        ]
+    return {"results": results}
+
+
+def official_json_path(template: str, split_no: int, several: bool) -> Path:
+    """``--official-json`` for one split: ``{split}`` replaced by the split number."""
+    from cpd.errors import DataError
+
+    if several and "{split}" not in template:
+        raise DataError("--official-json with several --split values needs {split} in the path "
+                        "(e.g. eval/split{split}/val.json)")  # fmt: skip
+    return Path(template.replace("{split}", str(split_no)))
+
+
 def evaluate_split(model: Any, args: argparse.Namespace, env: Any, split_no: int) -> dict:
     """Test one split; on rank 0 also write its predictions, scores and confusion matrix."""
     import numpy as np
     import torch
 
     from cpd.errors import DataError
-    from cpd.eval.common import load_action_split
+    from cpd.eval.common import load_action_split, view_options
     from cpd.eval.multiview import (
         classification_metrics,
         classifier_scores,
@@ -109,9 +166,7 @@ def evaluate_split(model: Any, args: argparse.Namespace, env: Any, split_no: int
     if split.num_classes != model.num_classes:
         raise DataError(f"split {split_no} has {split.num_classes} classes but the classifier "
                         f"has {model.num_classes} outputs")  # fmt: skip
-    dataset = multiview_dataset(split.records, num_clips=args.num_clips, num_crops=args.num_crops,
-                                num_frames=args.num_frames, stride=args.stride,
-                                crop_size=args.crop_size)  # fmt: skip
+    dataset = multiview_dataset(split.records, **view_options(args))
     outputs = collect_video_outputs(dataset, classifier_scores(model, args.scores), env,
                                     dim=model.num_classes, batch_size=args.batch_size,
                                     workers=args.workers, desc=f"test split {split_no}")  # fmt: skip
@@ -125,6 +180,11 @@ def evaluate_split(model: Any, args: argparse.Namespace, env: Any, split_no: int
         result.update(classification_metrics(outputs.values[ok], labels[ok], split.num_classes))
     else:
         result.update(top1=float("nan"), top5=float("nan"), mean_class_accuracy=float("nan"))
+    if env.main and args.official_json:
+        path = official_json_path(args.official_json, split_no, len(args.split or [1]) > 1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(official_predictions(split, outputs)) + "\n", encoding="utf-8")
+        result["official_json"] = str(path)
     if env.main and args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -159,12 +219,22 @@ def format_results(splits: list[dict], summary: dict | None) -> str:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from cpd.eval.common import close_distributed, init_distributed, results_header, write_results
+    from cpd.eval.common import (
+        close_distributed,
+        init_distributed,
+        resolve_view_arguments,
+        results_header,
+        view_protocol,
+        write_results,
+    )
     from cpd.eval.metrics import mean_std
 
+    if args.official_json and len(args.split or [1]) > 1:
+        official_json_path(args.official_json, 1, several=True)  # fail before any work
     env = init_distributed(args.device, args.quiet)
     try:
         model = load_classifier(args.checkpoint, env.device)
+        sources = resolve_view_arguments(args, model)
         with torch.inference_mode():
             splits = [evaluate_split(model, args, env, s) for s in (args.split or [1])]
     finally:
@@ -179,8 +249,8 @@ def _run(args: argparse.Namespace) -> int:
     if not env.main:
         return 0
     results = results_header("test", args.checkpoint, env)
-    results["protocol"] = {k: getattr(args, k) for k in ("dataset", "subset", "num_clips",
-                           "num_crops", "num_frames", "stride", "crop_size", "scores")}  # fmt: skip
+    results["protocol"] = {"dataset": args.dataset, "subset": args.subset,
+                           **view_protocol(args, sources), "scores": args.scores}  # fmt: skip
     results["protocol"].update(score_average="mean over views", seeds=None,
                                accuracy_over="videos that decoded")  # fmt: skip
     results["splits"] = {str(s["split"]): s for s in splits}

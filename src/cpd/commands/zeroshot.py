@@ -6,7 +6,11 @@ Class names become text (CamelCase and underscores split, lower-cased: "ApplyEye
 normalised prompt embeddings are averaged and renormalised. A video's embedding is the
 renormalised mean of its views' embeddings; the predicted class has the highest cosine.
 Views default to one centre clip x one centre crop, for speed (--num-clips 10 --num-crops 3
-for the full test protocol).
+for the full test protocol). --num-frames, --stride, --crop-size, --fps, --mean and --std
+default to the checkpoint's preprocessing (an export's config.json, a training checkpoint's
+run config: the clips the model was trained on), else 8 frames, stride 4, crop 112, 30 fps,
+mean 0.45 / std 0.225; flags given win. Ties count against the video (a collapsed model that
+scores every class alike gets 0, not the share of the first class).
 
 Protocols: all classes; and with --random-splits N, N random 50/50 class splits (split i
 drawn from the seed pair (--seed, i), recorded with the held-out classes), each classifying the held-out half's videos among those
@@ -88,7 +92,10 @@ def _run(args: argparse.Namespace) -> int:
         close_distributed,
         init_distributed,
         load_action_split,
+        resolve_view_arguments,
         results_header,
+        view_options,
+        view_protocol,
         write_results,
     )
     from cpd.eval.metrics import mean_std
@@ -110,11 +117,10 @@ def _run(args: argparse.Namespace) -> int:
     env = init_distributed(args.device, args.quiet)
     try:
         model = load_cpd_model(args.checkpoint, env.device)
+        sources = resolve_view_arguments(args, model)
         with torch.inference_mode():
             class_emb = class_text_embeddings(model.encode_text, split.classes, templates).cpu()
-            dataset = multiview_dataset(split.records, num_clips=args.num_clips,
-                                        num_crops=args.num_crops, num_frames=args.num_frames,
-                                        stride=args.stride, crop_size=args.crop_size)  # fmt: skip
+            dataset = multiview_dataset(split.records, **view_options(args))
             out = collect_video_outputs(dataset, video_embedding_fn(model), env,
                                         dim=model.embed_dim, batch_size=args.batch_size,
                                         workers=args.workers, desc="zero-shot")  # fmt: skip
@@ -129,8 +135,8 @@ def _run(args: argparse.Namespace) -> int:
     emb = out.values[ok]
     results = results_header("zeroshot", args.checkpoint, env)
     held_out = random_class_splits(split.num_classes, args.random_splits, args.seed)
-    results["protocol"] = {k: getattr(args, k) for k in ("dataset", "subset", "num_clips",
-                           "num_crops", "num_frames", "stride", "crop_size")}  # fmt: skip
+    results["protocol"] = {"dataset": args.dataset, "subset": args.subset,
+                           **view_protocol(args, sources)}  # fmt: skip
     results["protocol"].update(split=split_no, templates=templates, seed=args.seed,
                                random_splits=args.random_splits,
                                class_texts=_texts(split.classes))  # fmt: skip

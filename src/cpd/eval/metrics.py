@@ -7,8 +7,10 @@ Ties. A sample's predicted class is ``scores.argmax(1)``, which on ties takes th
 index. Top-k accuracy uses the same order: the true class's rank is 1 + (classes scoring
 strictly higher) + (classes scoring equally with a lower index), so top-1 accuracy always
 equals ``(argmax == label).mean()`` and agrees with :func:`confusion_matrix` and
-:func:`per_class_accuracy`. (Retrieval ranks, in :mod:`cpd.eval.retrieval`, count only
-strictly higher scores; there the gallery has no natural index order to break ties with.)
+:func:`per_class_accuracy`. ``ties="against"`` counts every tied class before the true one
+instead (``rank = #{classes scoring >= the true class}``), as retrieval ranks do
+(:mod:`cpd.eval.retrieval`): zero-shot classification, a retrieval of class texts, uses it, so
+a collapsed model whose scores are all equal gets 0, not the share of the lowest class index.
 """
 
 from __future__ import annotations
@@ -47,12 +49,20 @@ def _check_scores(scores: torch.Tensor) -> None:
         raise ValueError("scores contain NaN or infinity")
 
 
-def class_ranks(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """1-based rank of each sample's true class among its scores (ties: lower index first)."""
+_TIES = ("index", "against")
+
+
+def class_ranks(scores: torch.Tensor, labels: torch.Tensor, ties: str = "index") -> torch.Tensor:
+    """1-based rank of each sample's true class among its scores (ties: lower index first, or
+    with ``ties="against"`` every tied class first)."""
+    if ties not in _TIES:
+        raise ValueError(f"ties must be one of {_TIES}, got {ties!r}")
     _check_scores(scores)
     n, c = scores.shape
     _check_labels(labels, n, c)
     true = scores.gather(1, labels.view(-1, 1))
+    if ties == "against":
+        return (scores >= true).sum(1)  # the true class is one of them
     higher = (scores > true).sum(1)
     lower_index = torch.arange(c, device=scores.device).view(1, -1) < labels.view(-1, 1)
     tied_before = ((scores == true) & lower_index).sum(1)
@@ -60,12 +70,12 @@ def class_ranks(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def topk_accuracy(
-    scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)
+    scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5), ties: str = "index"
 ) -> dict[str, float]:
     """Top-k accuracies of ``scores [N, C]`` for ``labels [N]``: ``{"top1": ..., "top5": ...}``.
 
-    A sample is correct at k when its true class ranks within the first k (ties as in the
-    module docstring). Raises ``ValueError`` for k < 1, k > C, an empty batch, labels out of
+    A sample is correct at k when its true class ranks within the first k (``ties`` as in
+    :func:`class_ranks` and the module docstring). Raises ``ValueError`` for k < 1, k > C, an empty batch, labels out of
     range or non-finite scores.
     """
     _check_scores(scores)
@@ -75,7 +85,7 @@ def topk_accuracy(
     for k in ks:
         if not 1 <= int(k) <= c:
             raise ValueError(f"top-{k} accuracy is undefined with {c} classes (need 1 <= k <= C)")
-    ranks = class_ranks(scores, labels)
+    ranks = class_ranks(scores, labels, ties)
     return {f"top{int(k)}": float((ranks <= int(k)).double().mean()) for k in ks}
 
 

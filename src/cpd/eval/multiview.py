@@ -1,9 +1,12 @@
 """Multi-view testing: every view of a video on one rank, video outputs gathered exactly.
 
 The protocol (the paper's): ``num_clips`` uniformly spaced temporal clips x ``num_crops``
-spatial crops per video (10 x 3 by default), short side resized to the crop size. Each view's
-logits go through a softmax and the video's score is the mean of its views' probabilities
-(``scores="logits"`` averages raw logits instead); the prediction is its argmax.
+spatial crops per video (10 x 3 by default), short side resized to the crop size. The video's
+score is the mean of its views' raw logits, as the official ``test.py`` computes it
+(``calculate_video_results``: ``torch.mean(torch.stack(output_buffer), dim=0)`` of the model
+outputs, then ``topk``); the prediction is its argmax. ``scores="softmax"`` averages the views'
+softmax probabilities instead (a different, not the official, video score: one confident view
+weighs less than in the logit mean).
 
 Exact under several processes. The official code distributed *views* over ranks, so a
 video's views were split between processes, each reported a partial average and the
@@ -37,6 +40,7 @@ from cpd.eval.gather import gather_embeddings
 __all__ = [
     "DecodeFailure",
     "NoReplaceLoader",
+    "SCORES",
     "VideoOutputs",
     "classification_metrics",
     "classifier_scores",
@@ -76,12 +80,19 @@ def multiview_dataset(
     stride: int,
     crop_size: int,
     loader: Callable[..., torch.Tensor] | None = None,
+    fps: float | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> Any:
     """An :class:`~cpd.data.ActionDataset` in test mode whose failures are not replaced.
 
     ``records`` are ``ActionRecord``s (labels used) numbered 0..N-1; ``loader`` defaults to
-    :func:`cpd.video.load_clips` (``FrameCache.load_clips`` works too).
+    :func:`cpd.video.load_clips` (``FrameCache.load_clips`` works too). ``fps`` / ``mean`` /
+    ``std``, when given, are passed to the loader as ``target_fps`` / ``mean`` / ``std``
+    (None: the loader's defaults, 30 fps and cpd's normalisation).
     """
+    import functools
+
     from cpd.data import ActionDataset
     from cpd.video import load_clips
 
@@ -89,9 +100,19 @@ def multiview_dataset(
                         ("num_frames", num_frames), ("stride", stride), ("crop_size", crop_size)):  # fmt: skip
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
+    extra: dict[str, Any] = {}
+    if fps is not None:
+        extra["target_fps"] = float(fps)
+    if mean is not None:
+        extra["mean"] = tuple(float(v) for v in mean)
+    if std is not None:
+        extra["std"] = tuple(float(v) for v in std)
+    load = loader or load_clips
+    if extra:
+        load = functools.partial(load, **extra)
     return ActionDataset(records, train=False, num_clips=num_clips, num_crops=num_crops,
                          num_frames=num_frames, stride=stride, crop_size=crop_size,
-                         multiview_loader=NoReplaceLoader(loader or load_clips))  # fmt: skip
+                         multiview_loader=NoReplaceLoader(load))  # fmt: skip
 
 
 def _keep_list(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -174,9 +195,13 @@ def _gather_failures(local: list[tuple[int, str, str]], env: EvalEnv) -> dict[in
     return {i: (path, reason) for i, path, reason in sorted(local)}
 
 
-def classifier_scores(model: torch.nn.Module, scores: str = "softmax") -> Callable:
-    """``views -> mean over views of softmax(logits)`` (or of the logits), for a classifier."""
-    if scores not in ("softmax", "logits"):
+SCORES = ("logits", "softmax")
+
+
+def classifier_scores(model: torch.nn.Module, scores: str = "logits") -> Callable:
+    """``views -> mean over views of the logits`` (default, the official test.py's video
+    score) or, with ``scores="softmax"``, of the views' softmax probabilities."""
+    if scores not in SCORES:
         raise ValueError(f"scores must be 'softmax' or 'logits', got {scores!r}")
 
     def fn(views: torch.Tensor) -> torch.Tensor:

@@ -123,10 +123,10 @@ def pick_queries(labels: list[int], count: int, seed: int) -> list[int]:
 
 def top_videos(ev: PairsEvaluation, query: int, k: int) -> tuple[list[int], int]:
     """The ``k`` best video rows for caption ``query`` and the 1-based rank of its own video
-    (ties in its favour, as :mod:`cpd.eval.retrieval` ranks)."""
+    (ties against it, as :mod:`cpd.eval.retrieval` ranks: 1 + other videos scoring >= it)."""
     sims = ev.video_emb @ ev.text_emb[query]
     own = int(ev.text_to_video[query])
-    rank = 1 + int((sims > sims[own]).sum())
+    rank = int((sims >= sims[own]).sum())  # its own video is one of them
     # a stable sort, so that equal scores keep gallery order
     order = torch.sort(sims, descending=True, stable=True).indices[:k].tolist()
     return order, rank

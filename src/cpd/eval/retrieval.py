@@ -3,18 +3,25 @@
 Similarity is the dot product of the embeddings (the cosine for L2-normalised ones, which is
 what the model's heads output).
 
-Ranks are 1-based and count the gallery items scoring *strictly higher* than the true one:
-``rank = 1 + #{s > s_true}``. Ties therefore resolve in favour of the true item (an
-optimistic rank), whatever the gallery order, so the result does not depend on how the
-gallery was ordered or sharded. The true score is read from the same similarity row as its
-competitors, so an item is never counted as beating itself through rounding.
+Ranks are 1-based and ties count *against* the query (a pessimistic rank): every other
+gallery item scoring at least as high as the true one goes before it,
+``rank = 1 + #{other items with s >= s_true}``. A model that maps every video (or every
+caption) to one vector therefore ranks each true item last, recall@1 = 0 (recall@k = 0 for
+k < N), instead of the 100% that counting only strictly higher scores would give it. The
+rank does not depend on how the gallery was ordered or sharded, and it is an integer; with
+continuous embeddings of a working model exact ties do not occur and nothing changes (an
+average over the tied positions would give chance level for a collapsed model, but fractional
+ranks and recalls that no longer read as "the query's item was in the top k"). The true score
+is read from the same similarity row as its competitors, so an item is never counted as
+beating itself through rounding.
 
 Several captions per video (``text_to_video[j]`` = the video of caption ``j``):
 
 * text -> video: each caption is a query; its target is its own video.
 * video -> text: each video that has at least one caption is a query; its rank is that of
-  its *best-ranked* caption, i.e. 1 + #(captions of other videos scoring strictly higher than
-  its best caption). This is the usual MSR-VTT / MSVD convention. Videos without a caption
+  its *best-ranked* caption, i.e. 1 + #(captions of other videos scoring at least as high as
+  its best caption; its own other captions do not count). This is the usual MSR-VTT / MSVD
+  convention, with ties against the query. Videos without a caption
   (extra gallery distractors) are not video -> text queries.
 
 Memory. Similarities are computed for ``chunk_size`` query rows at a time against the whole
@@ -99,7 +106,8 @@ def retrieval_ranks(
     for j0 in range(0, m, chunk_size):
         sims = text[j0 : j0 + chunk_size] @ video.T  # [c, N]
         true = sims.gather(1, t2v_index[j0 : j0 + chunk_size].view(-1, 1))
-        t2v[j0 : j0 + chunk_size] = 1 + (sims > true).sum(1)
+        # the true item itself is one of the >= (same row, same value): 1 + the others
+        t2v[j0 : j0 + chunk_size] = (sims >= true).sum(1)
 
     # captions grouped by video, so a chunk of videos finds its captions by two searches
     order = torch.argsort(t2v_index, stable=True)
@@ -112,9 +120,13 @@ def retrieval_ranks(
         lo, hi = torch.searchsorted(sorted_video, torch.tensor([i0, i1], device=video.device))
         cols = order[int(lo) : int(hi)]
         rows = t2v_index[cols] - i0
+        own = sims[rows, cols]
         best = torch.full((i1 - i0,), -math.inf, dtype=dtype, device=video.device)
-        best.scatter_reduce_(0, rows, sims[rows, cols], reduce="amax")
-        ranks = 1 + (sims > best.view(-1, 1)).sum(1)
+        best.scatter_reduce_(0, rows, own, reduce="amax")
+        # captions scoring >= the best one, minus the video's own (those tie with it at most)
+        own_tied = torch.zeros(i1 - i0, dtype=torch.int64, device=video.device)
+        own_tied.index_add_(0, rows, (own >= best[rows]).long())
+        ranks = 1 + (sims >= best.view(-1, 1)).sum(1) - own_tied
         v2t_parts.append(ranks[counts[i0:i1] > 0])
     videos = (counts > 0).nonzero().view(-1)
     return RetrievalRanks(t2v, torch.cat(v2t_parts), videos, counts[videos])

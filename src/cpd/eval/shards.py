@@ -41,15 +41,17 @@ class ShardEmbeddings:
 class _Views:
     """``load_clips`` behind the clip loader's call signature (train-time arguments ignored)."""
 
-    def __init__(self, num_clips: int, num_crops: int) -> None:
+    def __init__(self, num_clips: int, num_crops: int, **extra: Any) -> None:
         self.num_clips, self.num_crops = num_clips, num_crops
+        self.extra = extra  # target_fps / mean / std, when given
 
     def __call__(self, source: Any, *, num_frames: int, stride: int, crop_size: int,
                  **_: Any) -> torch.Tensor:  # fmt: skip
         from cpd.video import load_clips
 
         return load_clips(source, num_clips=self.num_clips, num_crops=self.num_crops,
-                          num_frames=num_frames, stride=stride, crop_size=crop_size)  # fmt: skip
+                          num_frames=num_frames, stride=stride, crop_size=crop_size,
+                          **self.extra)  # fmt: skip
 
 
 def _gather_objects(items: list[Any], env: Any) -> list[Any]:
@@ -79,17 +81,28 @@ def embed_shards(
     caption_key: str = "caption",
     index_dirs: Sequence[str | Path] = (),
     texts: bool = True,
+    fps: float | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> ShardEmbeddings:
     """Embed every sample of ``shards``: ``video_fn(views [V, 3, T, S, S]) -> [dim]`` for the
     videos, ``model.encode_tokens`` (unit vectors) for the captions when ``texts``.
-    Collective under a process group: call it on every rank."""
+    ``fps`` / ``mean`` / ``std`` (None: :func:`cpd.video.load_clips`'s defaults) go to the
+    clip loader. Collective under a process group: call it on every rank."""
     from cpd.eval.common import progress
 
+    extra: dict[str, Any] = {}
+    if fps is not None:
+        extra["target_fps"] = float(fps)
+    if mean is not None:
+        extra["mean"] = tuple(float(v) for v in mean)
+    if std is not None:
+        extra["std"] = tuple(float(v) for v in std)
     index = shared_shard_index(shards, index_dirs)
     tokenizer = model.textual_encoder.tokenizer if texts else _NoTokenizer()
     dataset = ShardDataset(index, tokenizer, train=False, num_frames=num_frames, stride=stride,
                            crop_size=crop_size, max_failure_ratio=1.0, caption_key=caption_key,
-                           loader=_Views(num_clips, num_crops))  # fmt: skip
+                           loader=_Views(num_clips, num_crops, **extra))  # fmt: skip
     dataset.configure(epoch=0, rank=env.rank, world_size=env.world_size, workers=workers,
                       batch_size=batch_size)  # fmt: skip
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,

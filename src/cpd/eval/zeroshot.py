@@ -13,6 +13,11 @@ Protocols. "all": every class is a candidate. "random splits": ``n`` random halv
 classes (the held-out half, ``C // 2`` classes, drawn from a seed recorded with the results);
 the videos of the held-out classes are classified among those classes only, as in zero-shot
 transfer where the other half would have been seen in training. Chance is ``k / candidates``.
+
+Ties count against the video: the true class's rank is the number of candidate classes scoring
+at least as high (:func:`cpd.eval.metrics.class_ranks` with ``ties="against"``, as retrieval
+ranks), so a collapsed model (every score equal) gets top-1 0, not the share of the videos of
+the lowest class index.
 """
 
 from __future__ import annotations
@@ -132,7 +137,7 @@ def zeroshot_metrics(
     """Top-1 / top-5 and their chance levels, classifying among ``candidates`` (default all).
 
     Only the videos whose label is a candidate are classified; labels are remapped to the
-    candidates' order.
+    candidates' order. Ties count against the video (see the module docstring).
     """
     from cpd.eval.metrics import topk_accuracy
 
@@ -144,7 +149,7 @@ def zeroshot_metrics(
         raise DataError("no video belongs to the candidate classes")
     scores = video_emb[keep].double() @ class_emb[cand].double().T
     k5 = min(5, len(cand))
-    acc = topk_accuracy(scores, remap[labels[keep]], ks=sorted({1, k5}))
+    acc = topk_accuracy(scores, remap[labels[keep]], ks=sorted({1, k5}), ties="against")
     return {
         "top1": acc["top1"],
         "top5": acc[f"top{k5}"],

@@ -7,7 +7,11 @@ Formats that :func:`load_model` reads (detected from the path and the keys):
    needs neither the original text-encoder directory nor a network. ``path`` may be the
    directory or the ``.safetensors`` file (with ``config.json`` beside it). ``config.json`` is
    ``{"format": "cpd-model", "format_version": 1, "model": <ModelConfig as dict>,
-   "text_config": <Hugging Face config dict of the text encoder, or null>}``.
+   "text_config": <Hugging Face config dict of the text encoder, or null>,
+   "preprocessing": <Preprocessing as dict, or null>}``. ``preprocessing`` (see
+   :class:`Preprocessing`) is the clip geometry and normalisation the model was trained with;
+   the evaluation commands take their defaults from it. Exports written before it existed
+   have no such key and load as before (``model.preprocessing`` is then None).
 2. **Training checkpoint** (``.pt``/``.pth``, written with ``torch.save``; plain types only so
    ``weights_only=True`` can read it)::
 
@@ -17,7 +21,13 @@ Formats that :func:`load_model` reads (detected from the path and the keys):
 
    The text encoder is rebuilt from ``config["model"]["text_encoder"]`` (architecture only, the
    weights come from the checkpoint), so that name or directory must resolve offline.
+   The preprocessing comes from the run's config in the checkpoint (``config["data"]`` of a
+   pretraining checkpoint, ``finetune["data"]`` / ``finetune["test"]`` of a finetuning one).
 3. **Official CPD-Video** pretraining or finetuning checkpoints (see ``cpd.models.official``).
+
+:func:`load_model` sets ``model.preprocessing`` (a :class:`Preprocessing` or None, official
+checkpoints: None); :func:`save_model` writes it back, so ``cpd export`` of a training
+checkpoint keeps it.
 
 Every load is strict: missing keys, unexpected keys and shape mismatches raise
 :class:`cpd.errors.CheckpointError` listing them, and an unreadable file raises one naming it.
@@ -26,6 +36,9 @@ Every load is strict: missing keys, unexpected keys and shape mismatches raise
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +54,7 @@ from cpd.models.text import TextEncoder, build_hf_text_model
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
+    "Preprocessing",
     "load_model",
     "load_state_dict_strict",
     "model_from_training_checkpoint",
@@ -103,6 +117,100 @@ def read_torch_file(path: str | Path, device: str | torch.device = "cpu") -> dic
     return data
 
 
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model's clips were cut and normalised in training, and the test geometry.
+
+    Attributes:
+        num_frames: frames per clip.
+        stride: frame step at ``fps`` (the window covers ``num_frames * stride`` frames there).
+        fps: the rate the windows are laid out at (:data:`cpd.video.sampling.TARGET_FPS`).
+        crop_size: the training crop.
+        test_size: the test views' short side and crop (a finetune's ``test.crop_size``; the
+            training crop when the run had no other, as in pretraining).
+        mean / std: per-channel normalisation of [0, 1] RGB values.
+    """
+
+    num_frames: int
+    stride: int
+    crop_size: int
+    test_size: int
+    fps: float = 30.0
+    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
+    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "stride", "crop_size", "test_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"preprocessing {name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.fps, (int, float)) and math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"preprocessing fps must be a positive number, got {self.fps!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
+                raise ValueError(f"preprocessing {name} must be 3 numbers, got {value!r}")
+            object.__setattr__(self, name, tuple(float(v) for v in value))
+        if min(self.std) <= 0:
+            raise ValueError(f"preprocessing std must be positive, got {self.std!r}")
+        object.__setattr__(self, "fps", float(self.fps))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"num_frames", "stride", "fps", "crop_size", "test_size", "mean",
+        "std"}`` (mean / std as lists)."""
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
+        """The inverse of :meth:`to_dict`; ``test_size`` defaults to ``crop_size``, fps / mean /
+        std to cpd's constants. Raises ``ValueError`` for unknown keys or bad values."""
+        known = {"num_frames", "stride", "fps", "crop_size", "test_size", "mean", "std"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys: {', '.join(unknown)}")
+        kw = dict(data)
+        kw.setdefault("test_size", kw.get("crop_size"))
+        try:
+            return cls(**kw)
+        except TypeError as exc:
+            raise ValueError(f"bad preprocessing {dict(data)}: {exc}") from exc
+
+    @classmethod
+    def from_training_config(cls, cfg: Any) -> Preprocessing:
+        """From a run's config: a :class:`~cpd.train.config.PretrainConfig` or
+        :class:`~cpd.train.finetune_config.FinetuneConfig` (objects or their dicts): its
+        ``data`` section's ``num_frames`` / ``stride`` / ``crop_size`` and, for a finetune, the
+        test crop ``test.crop_size`` (null: the training crop). fps, mean and std are the
+        constants every cpd loader uses."""
+        from cpd.video.sampling import TARGET_FPS
+        from cpd.video.transforms import MEAN, STD
+
+        def get(obj: Any, key: str) -> Any:
+            return obj.get(key) if isinstance(obj, Mapping) else getattr(obj, key, None)
+
+        data, test = get(cfg, "data"), get(cfg, "test")
+        if data is None:
+            raise ValueError("the training config has no data section")
+        crop = get(data, "crop_size")
+        test_size = get(test, "crop_size") if test is not None else None
+        return cls(num_frames=get(data, "num_frames"), stride=get(data, "stride"), crop_size=crop,
+                   test_size=test_size or crop, fps=TARGET_FPS, mean=MEAN, std=STD)  # fmt: skip
+
+
+def _preprocessing_of_checkpoint(data: dict[str, Any]) -> Preprocessing | None:
+    """A training checkpoint's preprocessing: ``finetune`` (a finetuning run's config) or
+    ``config`` (a pretraining run's, with ``data``); None when neither holds one."""
+    for key in ("finetune", "config"):
+        cfg = data.get(key)
+        if isinstance(cfg, dict) and isinstance(cfg.get("data"), dict):
+            try:
+                return Preprocessing.from_training_config(cfg)
+            except ValueError:
+                return None
+    return None
+
+
 def _config_of(model: nn.Module) -> ModelConfig:
     config = getattr(model, "config", None)
     if not isinstance(config, ModelConfig):
@@ -110,11 +218,28 @@ def _config_of(model: nn.Module) -> ModelConfig:
     return config
 
 
-def save_model(model: CPDModel | ResNet3d, directory: str | Path) -> Path:
-    """Export ``model`` to ``directory`` (config.json, model.safetensors, tokenizer/)."""
+def save_model(
+    model: CPDModel | ResNet3d,
+    directory: str | Path,
+    *,
+    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
+    training_config: Any = None,
+) -> Path:
+    """Export ``model`` to ``directory`` (config.json, model.safetensors, tokenizer/).
+
+    config.json's ``preprocessing`` is ``preprocessing``, else the one of ``training_config``
+    (the run's config: :meth:`Preprocessing.from_training_config`), else the model's own
+    ``model.preprocessing`` (set by :func:`load_model`), else null.
+    """
     from safetensors.torch import save_file
 
     config = _config_of(model)
+    if preprocessing is None and training_config is not None:
+        preprocessing = Preprocessing.from_training_config(training_config)
+    if preprocessing is None:
+        preprocessing = getattr(model, "preprocessing", None)
+    if isinstance(preprocessing, Mapping):
+        preprocessing = Preprocessing.from_dict(preprocessing)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     text_config = None
@@ -126,6 +251,7 @@ def save_model(model: CPDModel | ResNet3d, directory: str | Path) -> Path:
         "format_version": 1,
         "model": config.to_dict(),
         "text_config": text_config,
+        "preprocessing": preprocessing.to_dict() if preprocessing is not None else None,
     }
     (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     # clone: safetensors refuses tensors that share storage (e.g. tied embeddings)
@@ -184,7 +310,20 @@ def _load_export(weights: Path, device: str | torch.device) -> nn.Module:
         )
         model.config = config
     load_state_dict_strict(model, state, str(weights))
+    model.preprocessing = _export_preprocessing(meta, str(config_path))
     return model
+
+
+def _export_preprocessing(meta: dict[str, Any], source: str) -> Preprocessing | None:
+    raw = meta.get("preprocessing")
+    if raw is None:  # an export written before config.json carried it
+        return None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{source}: 'preprocessing' is a {type(raw).__name__}, not a dict")
+    try:
+        return Preprocessing.from_dict(raw)
+    except ValueError as exc:
+        raise CheckpointError(f"{source}: bad preprocessing: {exc}") from exc
 
 
 def model_from_training_checkpoint(data: dict[str, Any], source: str) -> nn.Module:
@@ -198,6 +337,7 @@ def model_from_training_checkpoint(data: dict[str, Any], source: str) -> nn.Modu
         raise CheckpointError(f"{source}: 'model' is a {type(state).__name__}, not a state dict")
     model = build_model(config, pretrained_text=False)
     load_state_dict_strict(model, strip_prefix(state), source)
+    model.preprocessing = _preprocessing_of_checkpoint(data)
     return model
 
 
@@ -206,7 +346,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
 
     Returns a :class:`CPDModel` for exports/checkpoints of the two-tower model and official
     pretraining checkpoints (DistilBERT in compatibility mode), a :class:`ResNet3d` for video
-    classifiers (num_classes > 0, official finetuning checkpoints).
+    classifiers (num_classes > 0, official finetuning checkpoints). ``model.preprocessing``
+    is the :class:`Preprocessing` the file records, or None.
     """
     p = Path(path)
     if p.is_dir():
@@ -221,4 +362,5 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
             model = model_from_training_checkpoint(data, str(p))
         else:
             model = official_checkpoint_from_dict(data, str(p)).model
+            model.preprocessing = None  # the official checkpoints do not record it
     return model.to(device).eval()
