@@ -81,8 +81,9 @@ def test_frame_cache_from_shards(tiny_pretrain_overrides, synth_shards, tmp_path
 def test_shard_rows_give_the_manifest_clips(tiny_synthetic, synth_shards):
     records = read_caption_manifest(tiny_synthetic / "captions.jsonl", tiny_synthetic, "train")
     index = load_shard_index(str(synth_shards / "train"))
-    for train in (True, False):
-        args = dict(num_frames=4, stride=2, crop_size=32, train=train, seed=5, hflip=0.5)
+    for train, official in ((True, False), (False, False), (False, True)):
+        args = dict(num_frames=4, stride=2, crop_size=32, train=train, seed=5, hflip=0.5,
+                    official_tokens=official, max_tokens=6)  # fmt: skip
         manifest = VideoCaptionDataset(records, None, **args)
         stream = ShardDataset(index, manifest.tokenizer, buffer=1, **args)
         manifest.set_epoch(3)

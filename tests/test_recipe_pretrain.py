@@ -217,3 +217,26 @@ def test_build_converts_to_syncbn_only_when_asked(tiny_pretrain_overrides, tmp_p
     with pytest.raises(_Reached):
         engine.build(cfg, env, tmp_path, RunLogger(tmp_path, enabled=False))
     assert bool(calls) is converts
+
+
+def test_compat_captions_are_cut_as_the_official_text_path(tmp_path):
+    """With model.text_compat the data keeps the first max_tokens ids of the whole encoding
+    (a long caption loses its final [SEP]), as TextEncoder.tokenize in compat mode does."""
+    from cpd.data import CaptionRecord, VideoCaptionDataset
+    from cpd.data.datasets import default_tokenizer, tokenize_captions
+    from cpd.models.text import TextEncoder
+
+    tokenizer = default_tokenizer()
+    captions = ["a dog", "a very long caption about a dog catching a red frisbee in the park"]
+    encoder = TextEncoder(torch.nn.Identity(), tokenizer, compat=True, max_length=8)
+    want = encoder.tokenize(captions)["input_ids"]
+    ids, mask = tokenize_captions(captions, tokenizer, 8, official=True)
+    assert torch.equal(ids.long(), want)
+    assert ids[1, -1] != tokenizer.sep_token_id  # cut, not closed with [SEP]
+    assert mask.sum(1).tolist() == [4, 8]
+    plain, _ = tokenize_captions(captions, tokenizer, 8)
+    assert plain[1, -1] == tokenizer.sep_token_id  # the default keeps a final [SEP]
+    records = [CaptionRecord(i, str(i), str(tmp_path / f"{i}.mp4"), c, "train")
+               for i, c in enumerate(captions)]  # fmt: skip
+    ds = VideoCaptionDataset(records, tokenizer, max_tokens=8, official_tokens=True)
+    assert torch.equal(ds.input_ids.long(), want)

@@ -165,14 +165,21 @@ def default_tokenizer() -> Any:
 
 
 def tokenize_captions(
-    captions: Sequence[str], tokenizer: Any, max_tokens: int = 64, chunk: int = 8192
-) -> tuple[torch.Tensor, torch.Tensor]:
+    captions: Sequence[str], tokenizer: Any, max_tokens: int = 64, chunk: int = 8192,
+    *, official: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Tokenise all captions once: ``(input_ids int32 [N, L], attention_mask uint8 [N, L])``.
 
     Padded to ``max_tokens`` and truncated there (special tokens included), as the tokenizer's
     ``__call__`` does with ``padding="max_length", truncation=True``. Stored narrow to keep
     300k captions small (90 MiB at L=64); samples hand them out as int64.
     """
+    if official:
+        # The official text path keeps the first ``max_tokens`` ids of the whole encoding
+        # ([CLS] ... with the final [SEP] cut off when the caption is long): truncating to one
+        # more, which ends in [SEP], and dropping the last position gives exactly that.
+        ids, mask = tokenize_captions(captions, tokenizer, max_tokens + 1, chunk)
+        return ids[:, :max_tokens].contiguous(), mask[:, :max_tokens].contiguous()
     ids: list[torch.Tensor] = []
     masks: list[torch.Tensor] = []
     backend = _padded_backend(tokenizer, max_tokens)
@@ -247,6 +254,7 @@ class VideoCaptionDataset(_FailSafeDataset):
         max_failure_ratio: float = 0.05,
         min_failures: int = 5,
         loader: Callable[..., torch.Tensor] | None = None,
+        official_tokens: bool = False,
     ) -> None:
         _check_indices(records)
         super().__init__(len(records), seed, FailurePolicy(max_failure_ratio, min_failures))
@@ -254,7 +262,7 @@ class VideoCaptionDataset(_FailSafeDataset):
         self.paths = [str(r.path) for r in self.records]
         self.tokenizer = default_tokenizer() if tokenizer is None else tokenizer
         self.input_ids, self.attention_mask = tokenize_captions(
-            [r.caption for r in self.records], self.tokenizer, max_tokens
+            [r.caption for r in self.records], self.tokenizer, max_tokens, official=official_tokens
         )
         self.clip_args = dict(
             num_frames=num_frames,

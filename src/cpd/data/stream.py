@@ -270,12 +270,14 @@ class ShardDataset(IterableDataset):
         buffer: int = 256,
         caption_key: str = "caption",
         loader: Callable[..., torch.Tensor] | None = None,
+        official_tokens: bool = False,
     ) -> None:
         self.index = index
         self.tokenizer = default_tokenizer() if tokenizer is None else tokenizer
         self.train = train
         self.seed = int(seed)
         self.max_tokens = max_tokens
+        self.official_tokens = official_tokens  # see tokenize_captions(official=True)
         self.buffer = buffer
         self.caption_key = caption_key
         self.policy = StreamFailures(max_failure_ratio, min_failures)
@@ -446,6 +448,9 @@ class ShardDataset(IterableDataset):
         seg = plan.segment(position)
         return self.index.row(seg.shard, seg.first + position - seg.start)
 
+    def _length(self) -> int:
+        return self.max_tokens + (1 if self.official_tokens else 0)
+
     def _name(self, raw: RawSample) -> str:
         return f"{self.index.urls[raw.shard]}#{raw.key}"
 
@@ -461,8 +466,9 @@ class ShardDataset(IterableDataset):
         seed = derive_seed(self.seed, self.epoch, row)
         video = self.loader(VideoBytes(name, data), seed=seed, **self.clip_args)
         if self._backend is None:
-            self._backend = _padded_backend(self.tokenizer, self.max_tokens) or False
-        ids, mask = _tokenize_one(self._backend or None, self.tokenizer, caption, self.max_tokens)
+            self._backend = _padded_backend(self.tokenizer, self._length()) or False
+        ids, mask = _tokenize_one(self._backend or None, self.tokenizer, caption, self._length())
+        ids, mask = ids[: self.max_tokens], mask[: self.max_tokens]
         return {"video": video, "input_ids": ids, "attention_mask": mask, "index": row,
                 "caption": caption, "key": raw.key}  # fmt: skip
 

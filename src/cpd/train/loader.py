@@ -171,7 +171,7 @@ def _clip_loader(cfg: DataConfig, scale_range: tuple[int, int] | None) -> Any:
 
 def _shard_data(
     cfg: DataConfig, tokenizer: Any, *, seed: int, val: bool, progress: bool,
-    index_dir: str | Path | None,
+    index_dir: str | Path | None, official_tokens: bool = False,
 ) -> PretrainData:  # fmt: skip
     """Datasets streamed from ``data.shards`` (and ``data.val_shards``), or, with
     ``data.cache_frames``, read once into the frame cache and served like a manifest's."""
@@ -190,7 +190,7 @@ def _shard_data(
         hflip = 0.5 if declared is None else declared
     scale = tuple(cfg.scale_range) if cfg.scale_range else None
     common = dict(num_frames=cfg.num_frames, stride=cfg.stride, crop_size=cfg.crop_size,
-                  seed=seed, max_tokens=cfg.max_tokens,
+                  seed=seed, max_tokens=cfg.max_tokens, official_tokens=official_tokens,
                   max_failure_ratio=cfg.max_failure_ratio)  # fmt: skip
     index = shared_shard_index(spec, dirs, progress=progress)
     val_index = shared_shard_index(cfg.val_shards, dirs) if val and cfg.val_shards else None
@@ -225,13 +225,16 @@ def build_data(
     cfg: DataConfig, tokenizer: Any, *, seed: int, val: bool, progress: bool = True,
     index_dir: str | Path | None = None,
     bad_rows_file: str | Path | None = None,
+    official_tokens: bool = False,
 ) -> PretrainData:  # fmt: skip
     """Read the manifest's splits (or the shards) and build the datasets (validation clips in
     test mode). ``index_dir``: where a shard index is kept when it cannot go beside the shards.
-    ``bad_rows_file``: where the manifest rows left out under ``data.bad_rows=skip`` go."""
+    ``bad_rows_file``: where the manifest rows left out under ``data.bad_rows=skip`` go.
+    ``official_tokens``: captions cut as the official text path cuts them (``model.text_compat``;
+    see :func:`cpd.data.datasets.tokenize_captions`)."""
     if cfg.shards:
         return _shard_data(cfg, tokenizer, seed=seed, val=val, progress=progress,
-                           index_dir=index_dir)  # fmt: skip
+                           index_dir=index_dir, official_tokens=official_tokens)  # fmt: skip
     if not cfg.manifest:
         raise ConfigError("data.manifest: required (e.g. OUT/captions.jsonl from `cpd synth OUT`)")
     root = cfg.root if cfg.root is not None else str(Path(cfg.manifest).parent)
@@ -244,6 +247,7 @@ def build_data(
         crop_size=cfg.crop_size,
         seed=seed,
         max_tokens=cfg.max_tokens,
+        official_tokens=official_tokens,
         max_failure_ratio=cfg.max_failure_ratio,
         loader=loader,
     )

@@ -465,7 +465,7 @@ def build(cfg: PretrainConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
     assert isinstance(model, CPDModel)
     data = build_data(cfg.data, model.textual_encoder.tokenizer, seed=cfg.run.seed,
                       val=cfg.run.val_every > 0, progress=cfg.run.progress and env.main,
-                      index_dir=run_dir,
+                      index_dir=run_dir, official_tokens=cfg.model.text_compat,
                       bad_rows_file=run_dir / "bad_rows.jsonl" if env.main else None)  # fmt: skip
     if data.missing and env.main:
         (run_dir / "missing_videos.txt").write_text("".join(f"{p}\n" for p in data.missing))
