@@ -48,8 +48,10 @@ def test_the_table_pins_both_presets():
     assert len(rows) >= 35  # the table is parsed, not silently skipped
     presets = {
         "pretrain": [to_dict(load_pretrain_config("pretrain_instagram_r50"))],
-        "finetune": [to_dict(load_finetune_config(name))
-                     for name in ("finetune_ucf101_r50", "finetune_hmdb51_r50")],  # fmt: skip
+        "finetune": [
+            to_dict(load_finetune_config(name))
+            for name in ("finetune_ucf101_r50", "finetune_hmdb51_r50")
+        ],  # fmt: skip
     }
     for kind, key, text in rows:
         for resolved in presets[kind]:
