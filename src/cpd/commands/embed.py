@@ -62,31 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_shards(args: argparse.Namespace) -> int:
     """Videos (and captions, for a CPD model) of every sample of the shards, ids = keys."""
+    from cpd.commands._shards import embed_shard_samples
     from cpd.errors import DataError
-    from cpd.eval.common import (
-        close_distributed,
-        init_distributed,
-        resolve_view_arguments,
-        results_header,
-        view_options,
-        view_protocol,
-        write_results,
-    )
-    from cpd.eval.embed import video_feature_fn, write_embeddings
-    from cpd.eval.shards import embed_shards
-    from cpd.models import CPDModel, load_model
+    from cpd.eval.common import results_header, view_protocol, write_results
+    from cpd.eval.embed import write_embeddings
 
-    env = init_distributed(args.device, args.quiet)
-    try:
-        model = load_model(args.checkpoint, env.device)
-        sources = resolve_view_arguments(args, model)
-        fn, dim = video_feature_fn(model)
-        got = embed_shards(model, args.shards, env, video_fn=fn, dim=dim, **view_options(args),
-                           batch_size=args.batch_size, workers=args.workers, index_dirs=[args.out],
-                           caption_key=args.caption_key,
-                           texts=isinstance(model, CPDModel))  # fmt: skip
-    finally:
-        close_distributed(env)
+    env, sources, got = embed_shard_samples(args, cpd_only=False)
     if not env.main:
         return 0
     if not got.keys:

@@ -139,32 +139,12 @@ def format_results(m: dict) -> str:
 
 def _run_shards(args: argparse.Namespace) -> int:
     """Retrieval among the samples of shards: caption ``i`` belongs to video ``i``."""
-    from cpd.commands.zeroshot import load_cpd_model
+    from cpd.commands._shards import embed_shard_samples
     from cpd.errors import DataError
-    from cpd.eval.common import (
-        close_distributed,
-        init_distributed,
-        resolve_view_arguments,
-        results_header,
-        view_options,
-        view_protocol,
-        write_results,
-    )
+    from cpd.eval.common import results_header, view_protocol, write_results
     from cpd.eval.retrieval import retrieval_metrics
-    from cpd.eval.shards import embed_shards
-    from cpd.eval.zeroshot import video_embedding_fn
 
-    env = init_distributed(args.device, args.quiet)
-    try:
-        model = load_cpd_model(args.checkpoint, env.device)
-        sources = resolve_view_arguments(args, model)
-        got = embed_shards(model, args.shards, env, video_fn=video_embedding_fn(model),
-                           dim=model.embed_dim, **view_options(args),
-                           batch_size=args.batch_size, workers=args.workers,
-                           index_dirs=[args.out] if args.out else [],
-                           caption_key=args.caption_key)  # fmt: skip
-    finally:
-        close_distributed(env)
+    env, sources, got = embed_shard_samples(args, cpd_only=True)
     if not env.main:
         return 0
     if not len(got.rows):
