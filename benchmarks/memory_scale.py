@@ -25,8 +25,9 @@ available now is skipped and says so (``--force`` runs it anyway); ``--steps 0``
 allocation only.
 
 ``--estimate`` also prints the computed per-rank table for 300k / 10M / 100M pairs (banks,
-checkpoint, tokenised captions, text-feature cache) for the paper model
-(``configs/pretrain_instagram_r50.yaml``: 3D ResNet-50 + DistilBERT).
+checkpoint, tokenised captions, text-feature cache) for the paper model (the preset
+``pretrain_instagram_r50``, ``src/cpd/configs/pretrain_instagram_r50.yaml``: 3D ResNet-50 +
+DistilBERT).
 
     python benchmarks/memory_scale.py                       # N = 10M, the default configs
     python benchmarks/memory_scale.py --quick               # small N: a smoke test (seconds)
