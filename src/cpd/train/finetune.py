@@ -44,6 +44,7 @@ from cpd.config import ConfigError, from_dict, to_dict
 from cpd.errors import CheckpointError
 from cpd.losses.memory_bank import seed_for
 from cpd.models import ResNet3d, save_model
+from cpd.train.amp import make_scaler, resolve_amp
 from cpd.train.finetune_build import (
     FinetuneData,
     build_classifier,
@@ -62,9 +63,7 @@ from cpd.train.run import (
     Resumable,
     TrainingDiverged,
     interrupted,
-    make_scaler,
     open_run,
-    resolve_amp,
 )
 from cpd.train.state import StopSignal
 from cpd.train.step import StepResult

@@ -12,13 +12,12 @@ from torch import nn
 
 from cpd import dist
 from cpd.data import ActionDataset
+from cpd.train.amp import autocast_context
 from cpd.train.finetune_build import FinetuneData
 from cpd.train.finetune_config import FinetuneConfig
 from cpd.train.loader import make_loader
-from cpd.train.run import (
-    Env,
-)
-from cpd.train.step import StepResult, autocast_context
+from cpd.train.run import Env
+from cpd.train.step import StepResult
 
 log = logging.getLogger(__name__)
 

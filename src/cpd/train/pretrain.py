@@ -31,6 +31,7 @@ from cpd.errors import CheckpointError
 from cpd.losses import InfoNCELoss, MemoryBankNCELoss, negative_generator, temporal_negatives
 from cpd.losses.memory_bank import seed_for
 from cpd.models import CPDModel, build_model, save_model
+from cpd.train.amp import autocast_context, make_scaler, resolve_amp
 from cpd.train.config import PretrainConfig
 from cpd.train.loader import PretrainData, build_data, make_loader
 from cpd.train.log import RunLogger, format_table
@@ -40,9 +41,7 @@ from cpd.train.run import (
     TrainingDiverged,
     TrainingInterrupted,
     interrupted,
-    make_scaler,
     open_run,
-    resolve_amp,
 )
 from cpd.train.schedule import (
     cosine_lr,
@@ -52,7 +51,7 @@ from cpd.train.schedule import (
     text_step_lr,
 )
 from cpd.train.state import StopSignal
-from cpd.train.step import TextFeatureCache, autocast_context, pretrain_step
+from cpd.train.step import TextFeatureCache, pretrain_step
 
 __all__ = ["TrainingInterrupted", "TrainingDiverged", "evaluate_retrieval", "pretrain"]
 

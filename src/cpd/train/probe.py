@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from cpd.config import to_dict
 from cpd.errors import CheckpointError
 from cpd.eval.gather import gather_embeddings
+from cpd.train.amp import autocast_context, resolve_amp
 from cpd.train.checkpoint import atomic_save, read_checkpoint
 from cpd.train.finetune import report
 from cpd.train.finetune_build import FinetuneData, build_classifier, build_data
@@ -41,8 +42,7 @@ from cpd.train.finetune_config import FinetuneConfig, resolved_lr
 from cpd.train.finetune_eval import multiview_test, test_metrics
 from cpd.train.loader import make_loader
 from cpd.train.log import RunLogger
-from cpd.train.run import Env, resolve_amp
-from cpd.train.step import autocast_context
+from cpd.train.run import Env
 
 __all__ = ["extract_clip_features", "fit_linear", "linear_probe", "score_views"]
 

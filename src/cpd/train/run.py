@@ -22,7 +22,6 @@ import cpd
 from cpd import dist
 from cpd.config import ConfigError, save_config
 from cpd.errors import CheckpointError, CPDError
-from cpd.train.benchmark import default_amp_dtype
 from cpd.train.checkpoint import load_latest, read_checkpoint, save_training_checkpoint
 from cpd.train.log import RunLogger
 from cpd.train.state import StopSignal, capture_rng_state, restore_rng_state
@@ -32,14 +31,12 @@ __all__ = [
     "Resumable",
     "RunContext",
     "interrupted",
-    "make_scaler",
     "open_run",
     "TrainingDiverged",
     "TrainingInterrupted",
     "find_resume",
     "git_revision",
     "init_env",
-    "resolve_amp",
     "write_run_files",
 ]
 
@@ -124,20 +121,6 @@ def find_resume(cfg: Any, run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         return None
     path = Path(cfg.run.resume)
     return path, read_checkpoint(path)
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """``optim.amp`` as an autocast dtype (None = fp32)."""
-    if amp == "auto":
-        return default_amp_dtype(device)
-    return {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
-def make_scaler(amp_dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:
-    """A gradient scaler where one is needed: fp16 autocast on CUDA (bf16 needs none)."""
-    if amp_dtype == torch.float16 and device.type == "cuda":
-        return torch.amp.GradScaler("cuda")
-    return None
 
 
 @dataclass

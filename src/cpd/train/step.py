@@ -8,14 +8,13 @@ loss is not finite on any rank is skipped on every rank (no update of weights or
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from cpd import dist
+from cpd.train.amp import autocast_context
 
 
 class TextFeatureCache:
@@ -80,13 +79,6 @@ class StepResult:
     grad_norm: float
     clipped: bool
     skipped: bool
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Any:
-    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def pretrain_step(
