@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-SCHEMA_DIR = Path("/work/shared/reference")
+# ../shared beside the repository root
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
 PRETRAIN_SCHEMA = SCHEMA_DIR / "official_cpd_r50_checkpoint_keys.json"
 FINETUNE_SCHEMA = SCHEMA_DIR / "official_cpd_r50_finetune_keys.json"
 BANK_KEYS = ("module.vis_memory", "module.text_memory")
