@@ -147,7 +147,7 @@ def test_read_metrics_keeps_the_last_record_of_a_step(tmp_path):
 
 
 def test_eta_scales_the_estimates_by_the_observed_speed():
-    from cpd.demo import eta_seconds
+    from cpd.demo.stages import eta_seconds
 
     estimates = [10.0, 20.0, 30.0]
     assert eta_seconds(estimates, {}, 0) == 60.0
@@ -167,7 +167,8 @@ def test_pick_queries_distinct_labels_from_the_seed():
 
 
 def test_clear_deletes_only_the_demo_outputs(tmp_path):
-    from cpd.demo import OUTPUTS, clear
+    from cpd.demo.settings import OUTPUTS
+    from cpd.demo.stages import clear
 
     (tmp_path / "pretrain").mkdir()
     (tmp_path / "report.md").write_text("x")

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cpd.demo import DATA_SETTINGS, PRETRAIN_PRESET, PROBE_PRESET
+from cpd.demo.settings import DATA_SETTINGS, PRETRAIN_PRESET, PROBE_PRESET
 from cpd.eval.report import Row, format_table, markdown_table, read_metrics
 
 __all__ = ["FIGURES", "demo_rows", "example_figure", "report_markdown", "write_outputs"]

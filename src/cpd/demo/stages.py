@@ -1,4 +1,4 @@
-"""``cpd demo``: the whole CPD story on the embedded synthetic dataset, in five stages.
+"""The five stages of ``cpd demo`` on the embedded synthetic dataset, and :func:`run_demo`.
 
 1. data: ``OUT/data`` from :func:`cpd.data.write_synthetic_dataset`, reused when its
    ``dataset.json`` records the demo's settings and rewritten otherwise;
@@ -10,7 +10,7 @@
 4. linear probes on motion (``linear_synthetic_cpu``, features extracted once) of the
    pretrained encoder and of the same architecture with random weights;
 5. the report: ``OUT/results.json``, ``OUT/report.md``, ``OUT/figures/*.png``
-   (:mod:`cpd.demo_report`).
+   (:mod:`cpd.demo.report`).
 
 A stage depends on those before it: rewritten data, or pretraining settings that differ from
 those of the run in ``OUT/pretrain``, make everything after it start over. Nothing here decides
@@ -25,60 +25,25 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from cpd.demo.settings import (
+    AFTER_DATA,
+    DATA_SETTINGS,
+    OUTPUTS,
+    PRETRAIN_PRESET,
+    PROBE_PRESET,
+    DemoSettings,
+)
 from cpd.errors import CPDError
 
-__all__ = ["DemoSettings", "StageClock", "eta_seconds", "run_demo"]
+__all__ = ["StageClock", "clear", "eta_seconds", "run_demo"]
 
-PRETRAIN_PRESET = "pretrain_synthetic_cpu"
-PROBE_PRESET = "linear_synthetic_cpu"
 STAGES = ("synthetic data", "pretraining", "retrieval and zero-shot", "linear probes", "report")
 # Seconds each stage took on a busy 2-core CPU (quick, full); the ETA scales them by how fast
 # this machine has been on the stages it ran so far.
 ESTIMATES = {True: (20.0, 35.0, 8.0, 10.0, 1.0), False: (30.0, 420.0, 6.0, 31.0, 1.0)}
-# The dataset's settings besides its size and seed: cpd synth's defaults, spelled out so that
-# an existing dataset.json can be checked against them.
-DATA_SETTINGS = {"width": 128, "height": 128, "num_frames": 75, "fps": 30.0,
-                 "motions_per_group": 4, "val_fraction": 0.2}  # fmt: skip
-# what the demo writes under OUT, in stage order (only these are ever deleted)
-OUTPUTS = ("data", "pretrain", "random_init", "probe_pretrained", "probe_random", "figures",
-           "report.md", "results.json")  # fmt: skip
-AFTER_DATA = OUTPUTS[1:]
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """What ``cpd demo`` runs. ``quick``: 160 videos, 4 pretraining epochs, smaller probes."""
-
-    out: Path
-    quick: bool = False
-    seed: int = 0
-    workers: int = 2
-    force: bool = False
-
-    @property
-    def num_videos(self) -> int:
-        return 160 if self.quick else 480
-
-    def pretrain_overrides(self) -> list[str]:
-        """``key=value`` settings on top of the pretraining preset."""
-        extra = ["schedule.epochs=4", "run.val_every=1"] if self.quick else []
-        return [f"data.manifest={self.out / 'data' / 'captions.jsonl'}",
-                f"run.out={self.out / 'pretrain'}", f"run.seed={self.seed}", "run.resume=auto",
-                *extra]  # fmt: skip
-
-    def probe_overrides(self, init: Path, name: str) -> list[str]:
-        """``key=value`` settings on top of the probe preset; the architecture comes from
-        ``init``, so that the preset's own arch / width cannot disagree with it."""
-        # quick: clips decoded on demand, cheaper than caching every video for so few clips
-        extra = ["probe.clips_per_video=2", "probe.max_iter=100",
-                 "data.cache_frames=false"] if self.quick else []  # fmt: skip
-        return [f"data.split_dir={self.out / 'data' / 'ucfTrainTestlist'}", f"model.init={init}",
-                "model.arch=null", "model.base_width=null", "model.shortcut=null",
-                f"run.out={self.out / name}", f"run.seed={self.seed}", *extra]  # fmt: skip
 
 
 # --- progress -----------------------------------------------------------------------------
@@ -263,7 +228,7 @@ def evaluate_stage(settings: DemoSettings, pcfg: Any, split: Any, captions: list
                    meta: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     """Stage 3: retrieval and zero-shot of the export on the val videos (one centre clip of
     pretraining's clip shape each), the confusion matrix and the retrieved examples."""
-    from cpd.demo_report import FIGURES, example_figure
+    from cpd.demo.report import FIGURES, example_figure
     from cpd.eval.common import pct
     from cpd.eval.pairs import evaluate_pairs
     from cpd.eval.plots import plot_confusion_matrix
@@ -287,7 +252,7 @@ def evaluate_stage(settings: DemoSettings, pcfg: Any, split: Any, captions: list
 def run_demo(settings: DemoSettings, stream: TextIO | None = None) -> dict[str, Any]:
     """Run (or continue) the five stages; returns what ``OUT/results.json`` holds."""
     from cpd.data import read_caption_manifest, read_ucf101
-    from cpd.demo_report import write_outputs
+    from cpd.demo.report import write_outputs
 
     settings = dataclasses.replace(settings, out=settings.out.resolve())
     out = settings.out
