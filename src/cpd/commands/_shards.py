@@ -12,7 +12,6 @@ def embed_shard_samples(args: argparse.Namespace, *, cpd_only: bool) -> tuple[An
     """``(env, view sources, ShardEmbeddings)`` for ``args.shards``. ``cpd_only``: the
     checkpoint must be a CPD model (captions embedded too); otherwise a classifier gives its
     video features and no caption embeddings. Collective under torchrun: every rank calls it."""
-    from cpd.commands.zeroshot import load_cpd_model
     from cpd.eval.common import (
         close_distributed,
         init_distributed,
@@ -21,7 +20,7 @@ def embed_shard_samples(args: argparse.Namespace, *, cpd_only: bool) -> tuple[An
     )
     from cpd.eval.embed import video_feature_fn
     from cpd.eval.shards import embed_shards
-    from cpd.models import CPDModel, load_model
+    from cpd.models import CPDModel, load_cpd_model, load_model
 
     env = init_distributed(args.device, args.quiet)
     try:

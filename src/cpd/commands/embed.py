@@ -92,7 +92,6 @@ def _run_shards(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from cpd.commands.zeroshot import load_cpd_model
     from cpd.data import ActionRecord
     from cpd.errors import DataError
     from cpd.eval.common import (
@@ -112,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
         write_embeddings,
     )
     from cpd.eval.multiview import collect_video_outputs, multiview_dataset
-    from cpd.models import load_model
+    from cpd.models import load_cpd_model, load_model
 
     manifest: dict = {}
     if args.captions and Path(args.captions).suffix.lower() != ".txt":

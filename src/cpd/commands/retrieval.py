@@ -167,7 +167,6 @@ def _run_shards(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from cpd.commands.zeroshot import load_cpd_model
     from cpd.data import read_caption_manifest
     from cpd.data.manifests import ManifestReport
     from cpd.errors import DataError
@@ -184,6 +183,7 @@ def _run(args: argparse.Namespace) -> int:
     from cpd.eval.multiview import collect_video_outputs, multiview_dataset
     from cpd.eval.retrieval import retrieval_metrics
     from cpd.eval.zeroshot import video_embedding_fn
+    from cpd.models import load_cpd_model
 
     root = args.root or Path(args.captions).parent
     split = None if args.split == "all" else args.split

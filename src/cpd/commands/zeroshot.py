@@ -54,18 +54,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser)
 
 
-def load_cpd_model(path: str, device: Any) -> Any:
-    """:func:`cpd.load_model`, insisting on the two-tower CPD model."""
-    from cpd.errors import CheckpointError
-    from cpd.models import CPDModel, load_model
-
-    model = load_model(path, device)
-    if not isinstance(model, CPDModel):
-        raise CheckpointError(f"{path}: a video classifier without text tower; zero-shot and "
-                              "retrieval need a CPD model (test classifiers with cpd test)")  # fmt: skip
-    return model
-
-
 def format_results(results: dict) -> str:
     """One row per protocol: top-1 / top-5 with chance beside them."""
     head = f"{'protocol':<22}{'videos':>8}{'classes':>9}{'top-1 %':>10}{'chance':>8}{'top-5 %':>10}{'chance':>8}"
@@ -108,6 +96,7 @@ def _run(args: argparse.Namespace) -> int:
         video_embedding_fn,
         zeroshot_metrics,
     )
+    from cpd.models import load_cpd_model
 
     templates = read_templates(args.templates) if args.templates else list(DEFAULT_TEMPLATES)
     split_no = args.split or 1

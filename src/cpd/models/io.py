@@ -47,18 +47,18 @@ from torch import nn
 
 from cpd.errors import CheckpointError, CPDError
 from cpd.models.cpd import CPDModel, ModelConfig, build_model, build_video_model
-from cpd.models.official import official_checkpoint_from_dict, strip_prefix
+from cpd.models.official import official_checkpoint_from_dict
 from cpd.models.resnet3d import ResNet3d
+from cpd.models.state_dict import load_state_dict_strict, read_torch_file, strip_prefix
 from cpd.models.text import TextEncoder, build_hf_text_model
 
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "Preprocessing",
+    "load_cpd_model",
     "load_model",
-    "load_state_dict_strict",
     "model_from_training_checkpoint",
-    "read_torch_file",
     "save_model",
 ]
 
@@ -66,55 +66,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 _FORMAT = "cpd-model"
-_LIST_LIMIT = 20
-
-
-def _listing(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_LIST_LIMIT])
-    return shown + (f", ... ({len(keys) - _LIST_LIMIT} more)" if len(keys) > _LIST_LIMIT else "")
-
-
-def load_state_dict_strict(model: nn.Module, state: dict[str, Any], source: str) -> None:
-    """Load ``state`` into ``model`` or raise CheckpointError naming every bad key.
-
-    Checks missing keys, unexpected keys, non-tensor values and shape mismatches before
-    touching the model, so a failed load never leaves a partially loaded model behind.
-    """
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    bad = []
-    for key in sorted(set(expected) & set(state)):
-        value = state[key]
-        if not isinstance(value, torch.Tensor):
-            bad.append(f"{key} (not a tensor: {type(value).__name__})")
-        elif value.shape != expected[key].shape:
-            bad.append(f"{key} (checkpoint {list(value.shape)}, model {list(expected[key].shape)})")
-    if bad:
-        problems.append(f"shape mismatches: {_listing(bad)}")
-    if problems:
-        raise CheckpointError(f"{source}: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
-
-
-def read_torch_file(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` of a dict; anything else is a CheckpointError."""
-    try:
-        data = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file") from None
-    except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise CheckpointError(
-            f"{path}: cannot read checkpoint: {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(data).__name__}")
-    return data
 
 
 @dataclass(frozen=True)
@@ -364,3 +315,17 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Modul
             model = official_checkpoint_from_dict(data, str(p)).model
             model.preprocessing = None  # the official checkpoints do not record it
     return model.to(device).eval()
+
+
+def load_cpd_model(path: str | Path, device: str | torch.device = "cpu") -> CPDModel:
+    """:func:`load_model`, insisting on the two-tower CPD model (zero-shot, retrieval and
+    caption embeddings need its text tower).
+
+    Raises:
+        CheckpointError: the file is unreadable, or holds a video classifier.
+    """
+    model = load_model(path, device)
+    if not isinstance(model, CPDModel):
+        raise CheckpointError(f"{path}: a video classifier without text tower; zero-shot and "
+                              "retrieval need a CPD model (test classifiers with cpd test)")  # fmt: skip
+    return model

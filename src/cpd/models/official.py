@@ -24,6 +24,7 @@ import torch
 from cpd.errors import CheckpointError
 from cpd.models.cpd import CPDModel, ModelConfig, build_model
 from cpd.models.resnet3d import BasicBlock, Bottleneck, ResNet3d, arch_from_layers
+from cpd.models.state_dict import load_state_dict_strict, read_torch_file, strip_prefix
 from cpd.models.text import DISTILBERT
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "infer_video_config",
     "load_official_checkpoint",
     "official_checkpoint_from_dict",
-    "strip_prefix",
 ]
 
 #: Buffers of the official model that belong to the loss (memory banks, NCE constants).
@@ -52,13 +52,6 @@ class OfficialCheckpoint:
     loss_state: dict[str, torch.Tensor] = field(default_factory=dict)
     epoch: int | None = None
     arch: str | None = None
-
-
-def strip_prefix(state: dict[str, Any], prefix: str = "module.") -> dict[str, Any]:
-    """Remove ``prefix`` from the keys when every key carries it (DDP-wrapped state dicts)."""
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix) :]: v for k, v in state.items()}
-    return dict(state)
 
 
 def detect_official_format(state: dict[str, Any]) -> OfficialFormat | None:
@@ -141,8 +134,6 @@ def convert_official_state(
 
 def official_checkpoint_from_dict(data: dict[str, Any], source: str) -> OfficialCheckpoint:
     """Import an already-read official checkpoint dict (with ``state_dict``) or bare state dict."""
-    from cpd.models.io import load_state_dict_strict
-
     state = data.get("state_dict", data)
     if not isinstance(state, dict):
         raise CheckpointError(f"{source}: 'state_dict' is a {type(state).__name__}, not a dict")
@@ -161,8 +152,6 @@ def official_checkpoint_from_dict(data: dict[str, Any], source: str) -> Official
 
 def load_official_checkpoint(path: str, device: str | torch.device = "cpu") -> OfficialCheckpoint:
     """Read an official CPD-Video checkpoint file; the model comes back in eval mode on ``device``."""
-    from cpd.models.io import read_torch_file
-
     data = read_torch_file(path, device)
     ckpt = official_checkpoint_from_dict(data, str(path))
     ckpt.model.to(device).eval()

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from cpd.errors import CheckpointError
+from cpd.models.state_dict import read_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +47,9 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict safely; any unreadable file raises CheckpointError naming it."""
-    path = Path(path)
-    try:
-        # mmap: the tensors stay in the file's pages until copied into the live model and
-        # banks, so a resume does not hold a second copy of 10 GB of banks in process memory
-        obj = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: no such checkpoint") from exc
-    except Exception as exc:  # torch raises many types (pickle, zip, runtime) for a bad file
-        raise CheckpointError(
-            f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict, found {type(obj).__name__}")
-    return obj
+    # mmap: the tensors stay in the file's pages until copied into the live model and
+    # banks, so a resume does not hold a second copy of 10 GB of banks in process memory
+    return read_torch_file(path, map_location, mmap=True)
 
 
 def checkpoint_candidates(run_dir: str | Path) -> list[Path]:
