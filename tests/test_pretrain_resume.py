@@ -91,37 +91,60 @@ def _command() -> list[str]:
     return [sys.executable, "-m", "cpd.commands.pretrain"]
 
 
+def _finished_steps(metrics) -> int:
+    """Step records in ``metrics.jsonl`` (complete lines only: the run may be mid-write)."""
+    if not metrics.exists():
+        return 0
+    lines = metrics.read_text(encoding="utf-8").split("\n")[:-1]
+    return sum(json.loads(line)["kind"] == "step" for line in lines)
+
+
+def _wait_for_steps(proc, metrics, n: int, log, timeout: float = 600.0) -> None:
+    """Until the run has logged ``n`` finished steps: the run writes and flushes a step's record
+    right after the step, with its SIGTERM handler installed: from then on the run handles one.
+    Fails if the run exits first or is not there within ``timeout`` seconds (never hangs)."""
+    deadline = time.monotonic() + timeout
+    while _finished_steps(metrics) < n:
+        if proc.poll() is not None:
+            pytest.fail(f"the run exited ({proc.returncode}) before step {n}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no step {n} within {timeout:.0f} s:\n{log.read_text()}")
+        time.sleep(0.02)
+
+
 def test_sigterm_stops_with_a_checkpoint_then_resume_finishes(tiny_pretrain_overrides, tmp_path):
     run_dir = tmp_path / "run"
-    # batch 2: 6 steps per epoch, 3 epochs, stage I only (fast steps)
+    # batch 2: 6 steps per epoch, stage I only (fast steps, ~20 ms each); enough epochs that
+    # the run is still going when the signal, sent right after step 2, reaches it
+    epochs = 10
     args = [*tiny_pretrain_overrides, f"run.out={run_dir}", "optim.batch_size=2",
-            "schedule.epochs=3", "schedule.unfreeze_epoch=null", "run.val_every=0"]  # fmt: skip
+            f"schedule.epochs={epochs}", "schedule.unfreeze_epoch=null",
+            "run.val_every=0"]  # fmt: skip
     cmd = [*_command(), "--config", "pretrain_synthetic_cpu", *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    # output to files, not pipes: a pipe nobody reads until the end could block the run
+    log = tmp_path / "stderr.txt"
+    with open(tmp_path / "stdout.txt", "w") as out, open(log, "w") as errors:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=errors, env=env, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            metrics = run_dir / "metrics.jsonl"
-            if metrics.exists() and metrics.read_text().count('"kind": "step"') >= 2:
-                break
-            time.sleep(0.05)
+        _wait_for_steps(proc, run_dir / "metrics.jsonl", 2, log)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=300)
     finally:
         proc.kill()
+    err = log.read_text()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "stopped by SIGTERM" in err and "Resume with" in err
     ckpt = read_checkpoint(run_dir / "last.pt")
     done = ckpt["global_step"]
-    assert 2 <= done < 18
+    assert 2 <= done < 6 * epochs
     assert ckpt["epoch"] * 6 + ckpt["step_in_epoch"] == done
     assert [s["global_step"] for s in _steps(run_dir)] == list(range(1, done + 1))
 
     pretrain(load_pretrain_config(str(run_dir / "config.yaml")))  # the resume the message names
     steps = _steps(run_dir)
-    assert [s["global_step"] for s in steps] == list(range(1, 19))
+    assert [s["global_step"] for s in steps] == list(range(1, 6 * epochs + 1))
     assert sorted((s["epoch"], s["step"]) for s in steps) == [
-        (e, i) for e in range(3) for i in range(6)
+        (e, i) for e in range(epochs) for i in range(6)
     ]
-    assert read_checkpoint(run_dir / "last.pt")["epoch"] == 3
+    assert read_checkpoint(run_dir / "last.pt")["epoch"] == epochs
