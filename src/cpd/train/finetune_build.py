@@ -19,7 +19,7 @@ from cpd.data.datasets import derive_seed
 from cpd.errors import CheckpointError, DataError
 from cpd.models import CPDModel, ModelConfig, ResNet3d, build_video_model, load_model
 from cpd.train.finetune_config import FinetuneConfig, FinetuneDataConfig, resolved_lr
-from cpd.train.loader import declared_hflip
+from cpd.train.loader import resolve_hflip
 from cpd.train.schedule import cosine_lr, step_lr
 
 log = logging.getLogger(__name__)
@@ -61,15 +61,13 @@ def load_split(cfg: FinetuneDataConfig, subset: str) -> ActionSplit:
     return split
 
 
-def resolve_hflip(cfg: FinetuneDataConfig) -> float:
-    """``data.hflip``, else the ``dataset.json`` of the dataset's folder, else 0.5."""
-    if cfg.hflip is not None:
-        return cfg.hflip
+def dataset_folders(cfg: FinetuneDataConfig) -> list[Path]:
+    """Where the dataset's ``dataset.json`` may be: beside the split lists or the csv, in the
+    video root or above it."""
     folders = [Path(p).parent for p in (cfg.split_dir, cfg.csv) if p]
     if cfg.video_root:
         folders += [Path(cfg.video_root), Path(cfg.video_root).parent]
-    declared = declared_hflip(folders)
-    return 0.5 if declared is None else declared
+    return folders
 
 
 def _subsample(records: tuple[ActionRecord, ...], limit: int) -> list[ActionRecord]:
@@ -87,7 +85,7 @@ def build_data(cfg: FinetuneConfig, *, progress: bool = False, val: bool = True)
     train_split, test_split = load_split(d, "train"), load_split(d, "test")
     if train_split.classes != test_split.classes:
         raise DataError("data: the train and test lists disagree on the classes")
-    hflip = resolve_hflip(d)
+    hflip = resolve_hflip(d.hflip, dataset_folders(d))
     scale = tuple(d.scale_range) if d.scale_range else None
     cache = None
     if d.cache_frames:

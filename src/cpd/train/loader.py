@@ -123,11 +123,12 @@ def declared_hflip(folders: Iterable[Path]) -> float | None:
     return None
 
 
-def resolve_hflip(cfg: DataConfig) -> float:
-    """``data.hflip``, or the dataset's own ``dataset.json`` choice, or 0.5."""
-    if cfg.hflip is not None:
-        return cfg.hflip
-    declared = declared_hflip([Path(cfg.manifest).parent])
+def resolve_hflip(hflip: float | None, folders: Iterable[Path]) -> float:
+    """``hflip`` (a config's ``data.hflip``) when set, else what the first ``dataset.json``
+    among ``folders`` declares (:func:`declared_hflip`), else 0.5."""
+    if hflip is not None:
+        return hflip
+    declared = declared_hflip(folders)
     return 0.5 if declared is None else declared
 
 
@@ -184,10 +185,8 @@ def _shard_data(
     dirs = [index_dir] if index_dir is not None else []
     spec = cfg.shards or ""
     first = spec.split("::")[0]
-    hflip = cfg.hflip
-    if hflip is None:
-        declared = None if "://" in first else declared_hflip([Path(first), Path(first).parent])
-        hflip = 0.5 if declared is None else declared
+    # a remote shard spec has no folder to hold a dataset.json
+    hflip = resolve_hflip(cfg.hflip, [] if "://" in first else [Path(first), Path(first).parent])
     scale = tuple(cfg.scale_range) if cfg.scale_range else None
     common = dict(num_frames=cfg.num_frames, stride=cfg.stride, crop_size=cfg.crop_size,
                   seed=seed, max_tokens=cfg.max_tokens, official_tokens=official_tokens,
@@ -238,7 +237,7 @@ def build_data(
     if not cfg.manifest:
         raise ConfigError("data.manifest: required (e.g. OUT/captions.jsonl from `cpd synth OUT`)")
     root = cfg.root if cfg.root is not None else str(Path(cfg.manifest).parent)
-    hflip = resolve_hflip(cfg)
+    hflip = resolve_hflip(cfg.hflip, [Path(cfg.manifest).parent])
     scale = tuple(cfg.scale_range) if cfg.scale_range else None
     loader = _clip_loader(cfg, scale)  # type: ignore[arg-type]
     common = dict(
