@@ -212,6 +212,20 @@ def test_stop_when_failure_share_exceeded() -> None:
     assert len(ds.policy.failed) == 6  # stops just past the minimum of 5
 
 
+def test_a_stream_counts_good_samples_instead_of_naming_them() -> None:
+    from cpd.data.stream import StreamFailures
+
+    policy = StreamFailures(max_failure_ratio=0.5, min_failures=1)
+    for i in range(3):
+        policy.ok(f"good{i}")
+    assert policy.counts() == (0, 3) and not policy.seen
+    policy.fail(VideoDecodeError("bad0", "broken"), "bad0")
+    policy.fail(VideoDecodeError("bad1", "broken"), "bad1")  # 2 of 5: under the ratio
+    with pytest.raises(DataError, match=r"4 of 7 samples read in this process failed, more than"):
+        for i in range(2, 4):
+            policy.fail(VideoDecodeError(f"bad{i}", "broken"), f"bad{i}")
+
+
 def test_few_failures_do_not_stop() -> None:
     ds, _ = caption_dataset(n=10, bad={0, 5})  # 20 %, but only 2 videos: under the minimum
     for i in range(10):

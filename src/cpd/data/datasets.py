@@ -85,14 +85,21 @@ class FailurePolicy:
             log.warning("skipping video that cannot be decoded: %s (%s)", path, error.reason)
         self.check()
 
+    #: what ``n_seen`` of :meth:`counts` counts, as the stop message words it
+    counted = "distinct videos tried in this process failed to decode"
+
+    def counts(self) -> tuple[int, int]:
+        """``(n_failed, n_seen)``: the failed videos and all videos tried, by name."""
+        return len(self.failed), len(self.seen)
+
     def check(self) -> None:
         """Raise :class:`DataError` when failures exceed both the minimum and the ratio."""
-        n_failed, n_seen = len(self.failed), len(self.seen)
+        n_failed, n_seen = self.counts()
         if n_failed > self.min_failures and n_failed > self.max_failure_ratio * n_seen:
             examples = "; ".join(f"{p} ({r})" for p, r in list(self.failed.items())[:5])
             raise DataError(
-                f"{n_failed} of {n_seen} distinct videos tried in this process failed to decode, "
-                f"more than max_failure_ratio={self.max_failure_ratio:g}; first: {examples}"
+                f"{n_failed} of {n_seen} {self.counted}, more than "
+                f"max_failure_ratio={self.max_failure_ratio:g}; first: {examples}"
             )
 
 

@@ -222,6 +222,8 @@ class StreamFailures(FailurePolicy):
     """The failure policy of a stream: samples come once an epoch, so good ones are counted,
     not remembered by name (10M names would take a gigabyte)."""
 
+    counted = "samples read in this process failed"
+
     def __init__(self, max_failure_ratio: float = 0.05, min_failures: int = 5) -> None:
         super().__init__(max_failure_ratio, min_failures)
         self.loaded = 0
@@ -230,16 +232,9 @@ class StreamFailures(FailurePolicy):
         """Count a successful load."""
         self.loaded += 1
 
-    def check(self) -> None:
-        """Raise :class:`DataError` when failures exceed both the minimum and the ratio."""
-        n_failed = len(self.failed)
-        n_seen = n_failed + self.loaded
-        if n_failed > self.min_failures and n_failed > self.max_failure_ratio * n_seen:
-            examples = "; ".join(f"{p} ({r})" for p, r in list(self.failed.items())[:5])
-            raise DataError(
-                f"{n_failed} of {n_seen} samples read in this process failed, more than "
-                f"max_failure_ratio={self.max_failure_ratio:g}; first: {examples}"
-            )
+    def counts(self) -> tuple[int, int]:
+        """``(n_failed, n_seen)``: the failed samples and all samples read."""
+        return len(self.failed), len(self.failed) + self.loaded
 
 
 class ShardDataset(IterableDataset):

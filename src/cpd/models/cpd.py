@@ -174,20 +174,25 @@ def build_video_model(config: ModelConfig, num_classes: int | None = None) -> Re
 
 
 def build_model(
-    config: ModelConfig | None = None, *, pretrained_text: bool = True
+    config: ModelConfig | None = None,
+    *,
+    pretrained_text: bool = True,
+    text_encoder: TextEncoder | None = None,
 ) -> CPDModel | ResNet3d:
     """Build the model described by ``config`` (default: ``ModelConfig()``).
 
     ``config.num_classes > 0`` gives the bare video classifier (a :class:`ResNet3d`); otherwise
-    the two-tower :class:`CPDModel`. ``pretrained_text=False`` skips loading the text encoder's
-    pretrained weights (when a checkpoint will overwrite them anyway). The model is in train
-    mode with a trainable text encoder; call ``model.textual_encoder.freeze()`` for stage I.
+    the two-tower :class:`CPDModel`. Its text tower is ``text_encoder`` when given (an export's,
+    rebuilt from its own files), else built from ``config.text_encoder``;
+    ``pretrained_text=False`` skips loading that one's pretrained weights (when a checkpoint
+    will overwrite them anyway). The model is in train mode with a trainable text encoder; call
+    ``model.textual_encoder.freeze()`` for stage I.
     """
     config = config or ModelConfig()
     if config.num_classes > 0:
         model: CPDModel | ResNet3d = build_video_model(config)
     else:
-        text = build_text_encoder(
+        text = text_encoder or build_text_encoder(
             config.text_encoder,
             compat=config.text_compat,
             max_length=config.text_max_length,

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from cpd.errors import CheckpointError, CPDError
-from cpd.models.cpd import CPDModel, ModelConfig, build_model, build_video_model
+from cpd.models.cpd import CPDModel, ModelConfig, build_model
 from cpd.models.official import official_checkpoint_from_dict
 from cpd.models.resnet3d import ResNet3d
 from cpd.models.state_dict import load_state_dict_strict, read_torch_file, strip_prefix
@@ -239,27 +239,19 @@ def _load_export(weights: Path, device: str | torch.device) -> nn.Module:
         state = load_file(str(weights), device=str(device))
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"{weights}: cannot read weights: {exc}") from exc
-    if config.num_classes > 0:
-        model: nn.Module = build_model(config)
-    else:
+    text = None
+    if config.num_classes <= 0:  # the two-tower model: its text tower is in the export
         text_config = meta.get("text_config")
         tok_dir = weights.parent / TOKENIZER_DIR
         if not isinstance(text_config, dict) or not tok_dir.is_dir():
             raise CheckpointError(f"{weights.parent}: export lacks text_config or tokenizer/")
-        hf = build_hf_text_model(hf_config=text_config)
         text = TextEncoder(
-            hf,
+            build_hf_text_model(hf_config=text_config),
             AutoTokenizer.from_pretrained(str(tok_dir)),
             compat=config.text_compat,
             max_length=config.text_max_length,
         )
-        model = CPDModel(
-            build_video_model(config, num_classes=0),
-            text,
-            embed_dim=config.embed_dim,
-            text_head_dim=config.text_head_dim,
-        )
-        model.config = config
+    model: nn.Module = build_model(config, text_encoder=text)
     load_state_dict_strict(model, state, str(weights))
     model.preprocessing = _export_preprocessing(meta, str(config_path))
     return model
