@@ -23,7 +23,6 @@ import json
 import math
 import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cpd.data.actions import ActionSplit
 from cpd.errors import CPDError, DataError
+from cpd.runtime import Env, close_env, git_revision, init_env
 
 __all__ = [
     "DATASETS",
@@ -214,39 +214,17 @@ def _default_video_root(split_dir: Path) -> Path:
 # --- processes ----------------------------------------------------------------------------
 
 
-@dataclass
-class EvalEnv:
-    """This process's place in the job."""
-
-    device: torch.device
-    rank: int
-    world_size: int
-    owns_group: bool  # we initialised the process group and destroy it at the end
-    show_progress: bool
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+#: evaluation's name for :class:`cpd.runtime.Env` (the same class training uses)
+EvalEnv = Env
 
 
-def init_distributed(device: str, quiet: bool = False) -> EvalEnv:
-    """Join torchrun's process group (env:// variables) if ``WORLD_SIZE > 1``; pick the device.
-
-    NCCL with one GPU per process (``LOCAL_RANK``) for ``cuda``, gloo on CPUs.
-    """
-    from cpd import dist
-
-    dev, owns = dist.init_from_env(device)
-    rank = dist.get_rank()
-    return EvalEnv(dev, rank, dist.get_world_size(), owns, show_progress=not quiet and rank == 0)
+def init_distributed(device: str, quiet: bool = False) -> Env:
+    """:func:`cpd.runtime.init_env` with progress bars on rank 0 unless ``quiet``."""
+    return init_env(device, show_progress=not quiet)
 
 
-def close_distributed(env: EvalEnv) -> None:
-    """Destroy the process group if :func:`init_distributed` created it."""
-    import torch.distributed as tdist
-
-    if env.owns_group and tdist.is_initialized():
-        tdist.destroy_process_group()
+#: destroy the process group if :func:`init_distributed` created it
+close_distributed = close_env
 
 
 def make_eval_loader(
@@ -281,7 +259,6 @@ def progress(items: Iterable[T], *, total: int | None, desc: str, enabled: bool)
 def results_header(command: str, checkpoint: str | None, env: EvalEnv | None) -> dict[str, Any]:
     """The provenance every results.json starts with."""
     import cpd
-    from cpd.train.run import git_revision
 
     return {
         "command": command,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Any
@@ -117,7 +118,6 @@ def evaluate_clips(
 def multiview_test(cfg: FinetuneConfig, data: FinetuneData, env: Env, fn: Any, dim: int) -> Any:
     """Run ``fn(views [V, 3, T, S, S]) -> [dim]`` over every test video with the ``cpd test``
     machinery (each rank whole videos, exact gather, failures reported, not replaced)."""
-    from cpd.eval.common import EvalEnv
     from cpd.eval.multiview import collect_video_outputs, multiview_dataset
 
     t, d = cfg.test, cfg.data
@@ -125,8 +125,8 @@ def multiview_test(cfg: FinetuneConfig, data: FinetuneData, env: Env, fn: Any, d
                                 num_frames=d.num_frames, stride=d.stride,
                                 crop_size=t.crop_size or d.crop_size,
                                 loader=data.cache.load_clips if data.cache else None)  # fmt: skip
-    eval_env = EvalEnv(env.device, env.rank, env.world_size, False,
-                       show_progress=cfg.run.progress and env.main)  # fmt: skip
+    eval_env = dataclasses.replace(env, owns_group=False,
+                                   show_progress=cfg.run.progress and env.main)  # fmt: skip
     return collect_video_outputs(dataset, fn, eval_env, dim=dim, batch_size=t.batch_size,
                                  workers=d.workers, desc="multi-view test")  # fmt: skip
 

@@ -1,16 +1,15 @@
 """A training run's surroundings, shared by pretraining and finetuning.
 
-The process group (torchrun's env:// variables), the device, the run directory's record of
+The process's place in the job (:mod:`cpd.runtime`'s ``Env``), the run directory's record of
 what ran (resolved config, package version, git revision), which checkpoint to resume from, the
-autocast dtype, the two ways a run ends early, and :class:`Resumable`: the step counters and
-checkpoints that both trainers keep.
+two ways a run ends early, and :class:`Resumable`: the step counters and checkpoints that both
+trainers keep.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,9 @@ from typing import Any
 import torch
 
 import cpd
-from cpd import dist
 from cpd.config import ConfigError, save_config
 from cpd.errors import CheckpointError, CPDError
+from cpd.runtime import Env, close_env, git_revision, init_env
 from cpd.train.checkpoint import load_latest, read_checkpoint, save_training_checkpoint
 from cpd.train.log import RunLogger
 from cpd.train.state import StopSignal, capture_rng_state, restore_rng_state
@@ -36,7 +35,6 @@ __all__ = [
     "TrainingInterrupted",
     "find_resume",
     "git_revision",
-    "init_env",
     "write_run_files",
 ]
 
@@ -51,45 +49,6 @@ class TrainingInterrupted(CPDError):
 
 class TrainingDiverged(CPDError):
     """Too many non-finite steps in a row (``run.max_bad_steps``)."""
-
-
-@dataclass
-class Env:
-    """This process's place in the job."""
-
-    device: torch.device
-    rank: int
-    world_size: int
-    owns_group: bool  # we initialised the process group and must destroy it
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_env(device: str) -> Env:
-    """Join torchrun's process group if there is one and pick the device (``run.device``)."""
-    try:
-        dev, owns = dist.init_from_env(device)
-    except CPDError as exc:
-        raise ConfigError(f"run.device: {exc}") from exc
-    return Env(dev, dist.get_rank(), dist.get_world_size(), owns)
-
-
-def git_revision() -> str | None:
-    """The source checkout's git commit, or None (installed package, no git)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def write_run_files(cfg: Any, run_dir: Path, env: Env) -> dict[str, Any]:
@@ -143,7 +102,10 @@ def open_run(cfg: Any, *, resumable: bool = True) -> Iterator[RunContext]:
     all ranks meet), finds the checkpoint to resume from (``resumable``), writes the run record
     and opens the logger; on exit closes the logger and leaves a process group it created.
     """
-    env = init_env(cfg.run.device)
+    try:
+        env = init_env(cfg.run.device)
+    except CPDError as exc:
+        raise ConfigError(f"run.device: {exc}") from exc
     run_dir = Path(cfg.run.out)
     logger = None
     try:
@@ -161,9 +123,8 @@ def open_run(cfg: Any, *, resumable: bool = True) -> Iterator[RunContext]:
     finally:
         if logger is not None:
             logger.close()
-        if env.owns_group:
-            with contextlib.suppress(Exception):
-                torch.distributed.destroy_process_group()
+        with contextlib.suppress(Exception):  # never hide the error that ended the run
+            close_env(env)
 
 
 def interrupted(
