@@ -1,9 +1,9 @@
 """Finetuning and linear probes of the video encoder on labelled actions (``cpd finetune``).
 
 Read top to bottom: :func:`finetune` sets up the process (group) and run directory exactly as
-pretraining does (:mod:`cpd.train.run`'s ``init_env``, ``write_run_files``,
-``find_resume``), then builds the data (:func:`build_data`) and the classifier
-(:func:`build_classifier`: the encoder of ``model.init`` with a new ``fc``), runs the epochs
+pretraining does (:func:`cpd.train.run.open_run`), then builds the data (:func:`build_data`)
+and the classifier (:func:`build_classifier`: the encoder of ``model.init`` with a new ``fc``),
+runs the epochs
 (:meth:`Trainer.train_epoch`, one :func:`finetune_step` per batch), validates (clip accuracy
 of one clip per video, :func:`evaluate_clips`: by default a random training-style clip drawn
 from (seed, epoch, index) as the official code validates, or the centre clip with
@@ -43,7 +43,7 @@ from cpd import dist
 from cpd.config import ConfigError, from_dict, to_dict
 from cpd.errors import CheckpointError
 from cpd.losses.memory_bank import seed_for
-from cpd.models import ResNet3d, save_model
+from cpd.models import ResNet3d
 from cpd.train.amp import make_scaler, resolve_amp
 from cpd.train.finetune_build import (
     FinetuneData,
@@ -55,9 +55,16 @@ from cpd.train.finetune_build import (
     set_train_mode,
 )
 from cpd.train.finetune_config import FinetuneConfig, first_trained_stage
-from cpd.train.finetune_eval import evaluate_clips, finetune_step, multiview_test, test_metrics
+from cpd.train.finetune_eval import (
+    evaluate_clips,
+    finetune_step,
+    multiview_test,
+    report,
+    test_metrics,
+)
 from cpd.train.loader import make_loader
-from cpd.train.log import RunLogger, format_table
+from cpd.train.log import RunLogger
+from cpd.train.probe import linear_probe
 from cpd.train.run import (
     Env,
     Resumable,
@@ -291,8 +298,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """
     with open_run(cfg, resumable=cfg.mode != "linear_features") as run:
         if cfg.mode == "linear_features":
-            from cpd.train.probe import linear_probe
-
             return linear_probe(cfg, run.env, run.run_dir, run.logger, run.info)
         trainer = build(cfg, run.env, run.run_dir, run.logger)
         if run.resume is not None:
@@ -307,35 +312,6 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                 if stop.received is not None:
                     raise interrupted("finetune", stop, trainer, mid_epoch=True)
         return _finish(trainer, run.info)
-
-
-def report(cfg: FinetuneConfig, env: Env, run_dir: Path, logger: RunLogger, model: ResNet3d,
-           info: dict[str, Any], test: dict[str, Any] | None,
-           extra: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """results.json, export/ and the printed table (rank 0); returns the results."""
-    from cpd.eval.common import write_results
-
-    t = cfg.test
-    results = {
-        "command": "finetune", "mode": cfg.mode, "init": cfg.model.init,
-        "dataset": cfg.data.dataset, "split": cfg.data.split, "seed": cfg.run.seed,
-        "protocol": {"num_clips": t.num_clips, "num_crops": t.num_crops,
-                     "num_frames": cfg.data.num_frames, "stride": cfg.data.stride,
-                     "crop_size": t.crop_size or cfg.data.crop_size, "scores": t.scores,
-                     "video_score": "mean over views", "accuracy_over": "videos that decoded"},
-        "test": test, **extra, **info, "config": to_dict(cfg),
-    }  # fmt: skip
-    if env.main:
-        save_model(model, run_dir / "export", training_config=cfg)
-        write_results(run_dir, results)
-        shown: dict[str, Any] = {k: v for k, v in extra.get("final", {}).items()
-                                 if isinstance(v, (int, float))}  # fmt: skip
-        if test is not None:
-            shown.update({f"test_{k}": test[k] for k in ("top1", "top5", "mean_class_accuracy")})
-            shown.update(test_videos=test["num_videos"], test_failed=test["num_failed"])
-        logger.message(format_table(shown, title=f"{cfg.mode} ({cfg.model.init})"))
-        logger.message(f"weights exported to {run_dir / 'export'} (cpd test / cpd.load_model)")
-    return results
 
 
 def _finish(trainer: Trainer, info: dict[str, Any]) -> dict[str, Any]:

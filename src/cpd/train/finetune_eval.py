@@ -1,10 +1,12 @@
-"""``cpd finetune``'s training step, one-clip validation and the final multi-view test."""
+"""``cpd finetune``'s training step, one-clip validation, the final multi-view test and the
+report (``results.json``, ``export/``, the printed table) that ``linear_features`` shares."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,11 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cpd import dist
+from cpd.config import to_dict
 from cpd.data import ActionDataset
+from cpd.models import ResNet3d, save_model
 from cpd.train.amp import autocast_context
 from cpd.train.finetune_build import FinetuneData
 from cpd.train.finetune_config import FinetuneConfig
 from cpd.train.loader import make_loader
+from cpd.train.log import RunLogger, format_table
 from cpd.train.run import Env
 from cpd.train.step import StepResult
 
@@ -147,3 +152,32 @@ def test_metrics(scores: torch.Tensor, outputs: Any, data: FinetuneData) -> dict
     metrics["per_class_accuracy"] = dict(zip(data.classes, metrics["per_class_accuracy"],
                                              strict=True))  # fmt: skip
     return {**result, **metrics}
+
+
+def report(cfg: FinetuneConfig, env: Env, run_dir: Path, logger: RunLogger, model: ResNet3d,
+           info: dict[str, Any], test: dict[str, Any] | None,
+           extra: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """results.json, export/ and the printed table (rank 0); returns the results."""
+    from cpd.eval.common import write_results
+
+    t = cfg.test
+    results = {
+        "command": "finetune", "mode": cfg.mode, "init": cfg.model.init,
+        "dataset": cfg.data.dataset, "split": cfg.data.split, "seed": cfg.run.seed,
+        "protocol": {"num_clips": t.num_clips, "num_crops": t.num_crops,
+                     "num_frames": cfg.data.num_frames, "stride": cfg.data.stride,
+                     "crop_size": t.crop_size or cfg.data.crop_size, "scores": t.scores,
+                     "video_score": "mean over views", "accuracy_over": "videos that decoded"},
+        "test": test, **extra, **info, "config": to_dict(cfg),
+    }  # fmt: skip
+    if env.main:
+        save_model(model, run_dir / "export", training_config=cfg)
+        write_results(run_dir, results)
+        shown: dict[str, Any] = {k: v for k, v in extra.get("final", {}).items()
+                                 if isinstance(v, (int, float))}  # fmt: skip
+        if test is not None:
+            shown.update({f"test_{k}": test[k] for k in ("top1", "top5", "mean_class_accuracy")})
+            shown.update(test_videos=test["num_videos"], test_failed=test["num_failed"])
+        logger.message(format_table(shown, title=f"{cfg.mode} ({cfg.model.init})"))
+        logger.message(f"weights exported to {run_dir / 'export'} (cpd test / cpd.load_model)")
+    return results

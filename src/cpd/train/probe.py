@@ -36,10 +36,9 @@ from cpd.errors import CheckpointError
 from cpd.eval.gather import gather_embeddings
 from cpd.train.amp import autocast_context, resolve_amp
 from cpd.train.checkpoint import atomic_save, read_checkpoint
-from cpd.train.finetune import report
 from cpd.train.finetune_build import FinetuneData, build_classifier, build_data
 from cpd.train.finetune_config import FinetuneConfig, resolved_lr
-from cpd.train.finetune_eval import multiview_test, test_metrics
+from cpd.train.finetune_eval import multiview_test, report, test_metrics
 from cpd.train.loader import make_loader
 from cpd.train.log import RunLogger
 from cpd.train.run import Env
