@@ -1,7 +1,11 @@
 """CPD: learning spatiotemporal video features from video-text pair discrimination.
 
 The public API is imported lazily so that ``import cpd`` (and ``cpd --help``) stays fast and
-does not pull in PyTorch, PyAV or transformers until they are used.
+does not pull in PyTorch, PyAV or transformers until they are used. ``__all__`` holds the
+errors, the training configs with their loaders, ``pretrain`` / ``finetune``, building, loading
+and saving (exporting) models, clips, caption manifests and datasets, evaluation metrics and
+the losses; everything else, such as the reader of one file format, is in its module
+(``cpd.data``, ``cpd.video``, ``cpd.models``, ``cpd.eval``, ...).
 """
 
 from __future__ import annotations
@@ -11,11 +15,19 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
+# public name -> module that defines it. Readers of one file format (read_ucf101,
+# read_instagram_json, ...) stay in their modules (cpd.data); the errors are every one that a
+# function exported here raises for bad input.
 _EXPORTS: dict[str, str] = {
+    # errors
+    "CPDError": "cpd.errors",
     "VideoDecodeError": "cpd.errors",
     "DataError": "cpd.errors",
     "CheckpointError": "cpd.errors",
+    "ConfigError": "cpd.config",
+    "CacheBudgetError": "cpd.data.cache",
+    "TrainingInterrupted": "cpd.train.run",
+    "TrainingDiverged": "cpd.train.run",
     # video
     "load_clip": "cpd.video",
     "load_clips": "cpd.video",
@@ -25,11 +37,6 @@ _EXPORTS: dict[str, str] = {
     "ActionRecord": "cpd.data",
     "ActionSplit": "cpd.data",
     "read_caption_manifest": "cpd.data",
-    "read_instagram_json": "cpd.data",
-    "read_ucf101": "cpd.data",
-    "read_hmdb51": "cpd.data",
-    "read_split_json": "cpd.data",
-    "read_action_csv": "cpd.data",
     "load_packaged_split": "cpd.data",
     "VideoCaptionDataset": "cpd.data",
     "ActionDataset": "cpd.data",
@@ -37,18 +44,23 @@ _EXPORTS: dict[str, str] = {
     "FrameCache": "cpd.data",
     "write_synthetic_dataset": "cpd.data",
     # training
-    "pretrain": "cpd.train.pretrain",
+    "PretrainConfig": "cpd.train.config",
     "load_pretrain_config": "cpd.train.config",
-    "finetune": "cpd.train.finetune",
+    "pretrain": "cpd.train.pretrain",
+    "FinetuneConfig": "cpd.train.finetune_config",
     "load_finetune_config": "cpd.train.finetune_config",
+    "finetune": "cpd.train.finetune",
     # evaluation
     "retrieval_metrics": "cpd.eval",
+    "class_text_embeddings": "cpd.eval.zeroshot",
+    "zeroshot_metrics": "cpd.eval.zeroshot",
     # models
     "ModelConfig": "cpd.models",
     "CPDModel": "cpd.models",
     "ResNet3d": "cpd.models",
     "build_model": "cpd.models",
     "load_model": "cpd.models",
+    "load_cpd_model": "cpd.models",
     "save_model": "cpd.models",
     "load_official_checkpoint": "cpd.models",
     # losses
@@ -59,8 +71,15 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = ["__version__", *_EXPORTS]
 
+# the library's packages, reachable as ``cpd.data`` etc. after a bare ``import cpd`` (the
+# command line, cpd.cli and cpd.commands, is not part of the library)
+_SUBPACKAGES = frozenset({"config", "data", "dist", "errors", "eval", "losses", "models", "train",
+                          "video"})  # fmt: skip
+
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"cpd.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'cpd' has no attribute {name!r}")
