@@ -223,6 +223,34 @@ def test_no_import_cycles():
     assert not cycles, "import cycles among cpd modules:\n" + "\n".join(cycles)
 
 
+def _unit(name: str) -> str:
+    """The part of the package a module belongs to: ``cpd.data.manifests.x`` -> ``cpd.data``."""
+    return ".".join(name.split(".")[:2])
+
+
+def test_no_import_cycles_between_the_packages():
+    """``cpd.data``, ``cpd.eval``, ``cpd.train``, ... and the top-level modules form layers:
+    modules may import each other within one, but no two of them import each other, even
+    through different modules."""
+    graph = import_graph(runtime_only=True)
+    for importer, imported in KNOWN_CYCLE_EDGES:
+        graph[importer].pop(imported, None)
+    units: dict[str, dict[str, int]] = {_unit(name): {} for name in graph}
+    example: dict[tuple[str, str], str] = {}
+    for name, targets in graph.items():
+        for target, line in targets.items():
+            a, b = _unit(name), _unit(target)
+            if a != b and (a, b) not in example:
+                units[a][b] = line
+                example[a, b] = f"{name} (line {line}) imports {target}"
+    cycles = []
+    for component in strongly_connected(units):
+        cycle = cycle_through(component[0], set(component), units)
+        steps = [example[a, b] for a, b in zip(cycle, cycle[1:], strict=False)]
+        cycles.append(" -> ".join(cycle) + ": " + "; ".join(steps))
+    assert not cycles, "import cycles between cpd packages:\n" + "\n".join(cycles)
+
+
 def test_known_cycle_edges_still_exist():
     graph = import_graph(runtime_only=True)
     gone = sorted(edge for edge in KNOWN_CYCLE_EDGES if edge[1] not in graph.get(edge[0], {}))
