@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from cpd.config import ConfigError, load_config
 from cpd.models import ModelConfig
+from cpd.train.config_base import OptimBase, RunConfig, ScheduleBase, check_common, find_preset
 
 __all__ = [
     "DataConfig",
@@ -154,17 +154,15 @@ class LossConfig:
 
 
 @dataclass
-class OptimConfig:
-    """The optimizer and the step.
+class OptimConfig(OptimBase):
+    """The optimizer and the step: :class:`~cpd.train.config_base.OptimBase`'s keys, then
+    pretraining's own.
 
     Attributes:
-        batch_size: TOTAL batch over all processes (each takes batch_size / world_size).
         optimizer: "sgd" (the paper) or "adamw" (decoupled weight decay; ``momentum`` and
             ``nesterov`` unused). Adam's per-parameter step sizes let a weak but consistent
             gradient grow quickly, which is what a small model learning motion from captions on
             a small dataset needs (see ``configs/pretrain_synthetic_cpu.yaml``).
-        lr / momentum / weight_decay / nesterov: the video side and the heads.
-        no_decay_norm_bias: no weight decay on BatchNorm weights and biases (1-D parameters).
         text_lr: lr of the text encoder when it unfreezes (the official ``lr_bert * 0.1`` =
             3e-4 x 0.1 = 3e-5); ``text_lr_schedule`` says how it decays from there.
         text_lr_schedule: "from_unfreeze" (the official rule): ``text_lr`` is the text
@@ -175,91 +173,38 @@ class OptimConfig:
             cosine, rescaled to run from ``text_lr`` at the unfreeze to ``final_lr * text_lr``
             at the end. "global" (cpd's earlier default): ``text_lr`` times the main lr's schedule
             factor at every epoch, decays before the unfreeze included (3e-6 / 3e-7 / 3e-8).
-        clip_norm: clip the global gradient norm at this (0 = off).
-        amp: "auto" (bf16 on CUDA / CPUs with native bf16, else fp32), "none", "bf16", "fp16".
-        channels_last: channels-last 3D memory format for the video tower.
-        sync_bn: false (the official recipe): every process normalises its own batch (32 clips
-            per GPU in the paper's 8 x 32), the text head's BatchNorm1d included; true:
-            convert BatchNorm to SyncBatchNorm under DDP (CUDA only: gloo has none); null: on
-            for CUDA with several processes (cpd's earlier default).
         cache_text_features: while the text encoder is frozen (stage I), cache its pooled
             features, N x hidden fp16 per process (10M captions x 768: 15.4 GB); false runs the
             frozen encoder on every step's captions instead, for corpora whose cache does not
             fit in memory.
+
+    ``sync_bn`` false (the default) covers the text head's BatchNorm1d too: 32 clips per GPU
+    in the paper's 8 x 32; null was cpd's earlier default.
     """
 
-    batch_size: int = 256
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    nesterov: bool = False
-    no_decay_norm_bias: bool = True
     text_lr: float = 3e-5
     text_lr_schedule: Literal["from_unfreeze", "global"] = "from_unfreeze"
-    clip_norm: float = 20.0
-    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
-    channels_last: bool = True
-    sync_bn: bool | None = False
     cache_text_features: bool = True
 
 
 @dataclass
-class ScheduleConfig:
-    """Epochs, learning-rate decay and the text-encoder curriculum (pure functions of the epoch).
+class ScheduleConfig(ScheduleBase):
+    """Epochs, lr decay and the text-encoder curriculum (pure functions of the epoch):
+    :class:`~cpd.train.config_base.ScheduleBase`'s keys, then pretraining's own.
+
+    The text encoder takes only the milestones from its unfreeze on
+    (``optim.text_lr_schedule``).
 
     Attributes:
-        epochs: total epochs.
-        kind: "step" (x gamma at each milestone) or "cosine".
-        milestones / gamma: multi-step decay (0-based epochs: a milestone m first applies to
-            epoch m, the official epoch m + 1, as the official decay after its epoch m does).
-            The text encoder takes only the later ones (``optim.text_lr_schedule``).
-        warmup_epochs: linear warmup (fractional epochs allowed).
         final_lr: cosine end value (as a fraction of the base lr).
         unfreeze_epoch: the text encoder trains from this epoch on (null = frozen throughout);
             the official ``ft_bert_ep`` (its encoder gets gradients from its epoch
             ``ft_bert_ep + 1``, our epoch ``ft_bert_ep``).
     """
 
-    epochs: int = 300
-    kind: Literal["step", "cosine"] = "step"
-    milestones: list[int] = field(default_factory=lambda: [100, 201, 250])
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
     final_lr: float = 0.0
     unfreeze_epoch: int | None = 150
-
-
-@dataclass
-class RunConfig:
-    """Where and how the run goes.
-
-    Attributes:
-        out: run directory (config.yaml, metrics.jsonl, checkpoints, TensorBoard, export/).
-        seed: every random draw derives from it (with epoch, step, index, rank).
-        resume: "auto" = continue from the run directory's latest readable checkpoint if any;
-            "never" = refuse a run directory that has checkpoints; or a checkpoint path.
-        device: "auto" (CUDA if available), "cpu", "cuda".
-        val_every: validate every N epochs and after the last (0 = never).
-        save_every: also keep ``epoch_NNNN.pt`` every N epochs (``last.pt`` is written every epoch).
-        log_every: write a metrics.jsonl line every N steps.
-        max_bad_steps: stop after this many non-finite (skipped) steps in a row.
-        progress: tqdm progress bar on the main process.
-        tensorboard: write TensorBoard event files.
-        threads: torch CPU threads per process (0 = torch's default).
-    """
-
-    out: str = "runs/pretrain"
-    seed: int = 0
-    resume: str = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    val_every: int = 10
-    save_every: int = 50
-    log_every: int = 10
-    max_bad_steps: int = 5
-    progress: bool = True
-    tensorboard: bool = True
-    threads: int = 0
 
 
 @dataclass
@@ -274,27 +219,6 @@ class PretrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-def _preset_dirs() -> list[Path]:
-    here = Path(__file__).resolve()
-    # the installed package data first, then the source checkout's top-level configs/
-    return [here.parents[1] / "configs", here.parents[3] / "configs"]
-
-
-def find_preset(name_or_path: str) -> Path:
-    """A config file path, or a preset name (``pretrain_synthetic_cpu``) from ``configs/``."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    stem = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
-    for folder in _preset_dirs():
-        if (folder / stem).is_file():
-            return folder / stem
-    known = sorted({p.stem for d in _preset_dirs() if d.is_dir() for p in d.glob("*.yaml")})
-    raise ConfigError(
-        f"config {name_or_path!r}: no such file, nor a preset (presets: {', '.join(known)})"
-    )
-
-
 def load_pretrain_config(
     config: str | None = None, overrides: list[str] | None = None
 ) -> PretrainConfig:
@@ -305,33 +229,9 @@ def load_pretrain_config(
     return cfg
 
 
-def check_common(positive: dict[str, int], scale_range: list[int] | None, hflip: float | None,
-                 resume: str) -> None:  # fmt: skip
-    """Checks both trainers make: counts >= 1, clip settings, ``run.resume``; names the key."""
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {value}")
-    if scale_range is not None and len(scale_range) != 2:
-        raise ConfigError(f"data.scale_range: expected [lo, hi], got {scale_range}")
-    if hflip is not None and not 0.0 <= hflip <= 1.0:
-        raise ConfigError(f"data.hflip: a probability in [0, 1], got {hflip}")
-    if resume not in ("auto", "never") and not Path(resume).suffix:
-        raise ConfigError(f"run.resume: 'auto', 'never' or a checkpoint file, got {resume}")
-
-
 def check_config(cfg: PretrainConfig) -> None:
     """Reject values that cannot work, naming the key (world-size checks come at run time)."""
-    positive = {
-        "data.num_frames": cfg.data.num_frames,
-        "data.stride": cfg.data.stride,
-        "data.crop_size": cfg.data.crop_size,
-        "data.shuffle_buffer": cfg.data.shuffle_buffer,
-        "optim.batch_size": cfg.optim.batch_size,
-        "schedule.epochs": cfg.schedule.epochs,
-        "run.log_every": cfg.run.log_every,
-        "run.max_bad_steps": cfg.run.max_bad_steps,
-    }
-    check_common(positive, cfg.data.scale_range, cfg.data.hflip, cfg.run.resume)
+    check_common(cfg, {"data.shuffle_buffer": cfg.data.shuffle_buffer})
     if cfg.model.num_classes != 0:
         raise ConfigError("model.num_classes: must be 0 for pretraining (the two-tower model)")
     if cfg.loss.num_negatives < 1:

@@ -20,7 +20,6 @@ from cpd.errors import CheckpointError, DataError
 from cpd.models import CPDModel, ModelConfig, ResNet3d, build_video_model, load_model
 from cpd.train.finetune_config import FinetuneConfig, FinetuneDataConfig, resolved_lr
 from cpd.train.loader import resolve_hflip
-from cpd.train.schedule import cosine_lr, step_lr
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +210,4 @@ def build_optimizer(cfg: FinetuneConfig, model: nn.Module) -> torch.optim.SGD:
 
 def lr_factor(cfg: FinetuneConfig, epoch_float: float) -> float:
     """The step / cosine schedules' multiplier of ``optim.lr`` at a (fractional) epoch."""
-    s = cfg.schedule
-    if s.kind == "cosine":
-        return cosine_lr(1.0, epoch_float, s.epochs, s.warmup_epochs, 0.0)
-    return step_lr(1.0, epoch_float, s.milestones, s.gamma, s.warmup_epochs)
+    return cfg.schedule.factor(epoch_float)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cpd.config import ConfigError, load_config
-from cpd.train.config import RunConfig, check_common, find_preset
+from cpd.train.config_base import OptimBase, RunConfig, ScheduleBase, check_common, find_preset
 
 __all__ = [
     "ClassifierConfig",
@@ -134,48 +134,37 @@ OFFICIAL_LINEAR_LR = 2.0
 
 
 @dataclass
-class FinetuneOptimConfig:
-    """SGD of the trainable parameters (``batch_size`` is the total over all processes).
+class FinetuneOptimConfig(OptimBase):
+    """SGD of the trainable parameters (:class:`~cpd.train.config_base.OptimBase`'s keys).
 
     ``lr``: null = the mode's default (0.02 for ``finetune`` / ``linear`` / ``linear_features``,
-    2.0 for ``linear_official``), filled in when the config is loaded. ``clip_norm``: the
-    gradient norm is clipped at 20 (the official ``--clip_gradient`` default; 0 = off).
-    ``sync_bn``: false = per-process BatchNorm, as the official finetuning (16 clips per GPU);
-    true = SyncBatchNorm (CUDA); null = on for several CUDA processes when BatchNorm trains.
+    2.0 for ``linear_official``), filled in when the config is loaded. ``sync_bn``: false =
+    per-process BatchNorm, as the official finetuning (16 clips per GPU).
     """
 
     batch_size: int = 128
-    lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    nesterov: bool = False
+    lr: float | None = None  # type: ignore[assignment]
     no_decay_norm_bias: bool = False  # the official code decays BatchNorm parameters too
-    clip_norm: float = 20.0
-    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"
-    channels_last: bool = True
-    sync_bn: bool | None = False
 
 
 @dataclass
-class FinetuneScheduleConfig:
-    """Epochs and the lr schedule.
+class FinetuneScheduleConfig(ScheduleBase):
+    """Epochs and the lr schedule (:class:`~cpd.train.config_base.ScheduleBase`'s keys, then
+    the plateau schedule's).
 
     Attributes:
         kind: "plateau" (ReduceLROnPlateau, mode max, on the validation accuracy after each
             validation; the paper's), "step" or "cosine" (pure functions of the epoch).
         patience / factor / min_lr: the plateau schedule (5, 0.1, and the lr never below
             1e-6, as the official ``ReduceLROnPlateau(..., min_lr=1e-6)``).
-        milestones / gamma / warmup_epochs: step / cosine schedules.
     """
 
     epochs: int = 100
-    kind: Literal["plateau", "step", "cosine"] = "plateau"
+    kind: Literal["plateau", "step", "cosine"] = "plateau"  # type: ignore[assignment]
+    milestones: list[int] = field(default_factory=list)
     patience: int = 5
     factor: float = 0.1
     min_lr: float = 1e-6
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
 
 
 @dataclass
@@ -244,7 +233,7 @@ class ProbeConfig:
 
 @dataclass
 class FinetuneRunConfig(RunConfig):
-    """As :class:`cpd.train.config.RunConfig`; validation every epoch by default."""
+    """As :class:`cpd.train.config_base.RunConfig`; validation every epoch by default."""
 
     out: str = "runs/finetune"
     val_every: int = 1
@@ -292,20 +281,13 @@ def first_trained_stage(cfg: FinetuneConfig) -> int:
 def check_config(cfg: FinetuneConfig) -> None:
     """Reject values that cannot work, naming the key (world-size checks come at run time)."""
     positive = {
-        "data.num_frames": cfg.data.num_frames,
-        "data.stride": cfg.data.stride,
-        "data.crop_size": cfg.data.crop_size,
-        "optim.batch_size": cfg.optim.batch_size,
-        "schedule.epochs": cfg.schedule.epochs,
         "test.num_clips": cfg.test.num_clips,
         "test.num_crops": cfg.test.num_crops,
         "test.batch_size": cfg.test.batch_size,
         "probe.clips_per_video": cfg.probe.clips_per_video,
         "probe.max_iter": cfg.probe.max_iter,
-        "run.log_every": cfg.run.log_every,
-        "run.max_bad_steps": cfg.run.max_bad_steps,
     }
-    check_common(positive, cfg.data.scale_range, cfg.data.hflip, cfg.run.resume)
+    check_common(cfg, positive)
     if cfg.data.split not in (1, 2, 3):
         raise ConfigError(f"data.split: 1, 2 or 3, got {cfg.data.split}")
     if not 0.0 <= cfg.model.dropout < 1.0:

@@ -43,13 +43,7 @@ from cpd.train.run import (
     interrupted,
     open_run,
 )
-from cpd.train.schedule import (
-    cosine_lr,
-    step_lr,
-    text_cosine_lr,
-    text_encoder_trainable,
-    text_step_lr,
-)
+from cpd.train.schedule import text_cosine_lr, text_encoder_trainable, text_step_lr
 from cpd.train.state import StopSignal
 from cpd.train.step import TextFeatureCache, pretrain_step
 
@@ -126,10 +120,7 @@ def build_optimizer(
 
 def lr_factor(cfg: PretrainConfig, epoch_float: float) -> float:
     """The schedule's multiplier of the main learning rate at a (fractional) epoch."""
-    s = cfg.schedule
-    if s.kind == "cosine":
-        return cosine_lr(1.0, epoch_float, s.epochs, s.warmup_epochs, s.final_lr)
-    return step_lr(1.0, epoch_float, s.milestones, s.gamma, s.warmup_epochs)
+    return cfg.schedule.factor(epoch_float, cfg.schedule.final_lr)
 
 
 def text_lr_factor(cfg: PretrainConfig, epoch_float: float) -> float:
