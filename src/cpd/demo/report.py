@@ -151,7 +151,7 @@ def write_outputs(settings: Any, clock: Any, pcfg: Any, pretrained: dict[str, An
     import cpd
     from cpd.eval.common import write_results
     from cpd.eval.plots import plot_loss_curve, plot_recall_curve
-    from cpd.train.run import git_revision
+    from cpd.runtime import git_revision
 
     out = settings.out
     metrics = read_metrics(Path(pcfg.run.out) / "metrics.jsonl")
