@@ -191,19 +191,23 @@ def test_cpd_embed_videos_and_captions(cpd_model, classifier, tiny_synthetic, tm
     out = tmp_path / "emb"
     assert cli("embed", [cpd_model, "--videos", pattern, "--out", str(out), *VIEWS]) == 0
     emb = np.load(out / "videos.npy")
-    ids = json.loads((out / "videos_ids.json").read_text())
+    ids = [json.loads(x) for x in (out / "videos_ids.jsonl").read_text().splitlines()]
     assert emb.shape == (len(ids), 16) and len(ids) == 8 and ids == sorted(ids)
     assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
 
     from safetensors import safe_open
     from safetensors.torch import load_file
 
+    from cpd.eval.embed import read_embeddings
+
     out2 = tmp_path / "emb2"
     assert cli("embed", [classifier, "--videos", pattern, "--format", "safetensors", "--out",
                          str(out2), *VIEWS]) == 0  # fmt: skip
     assert load_file(str(out2 / "videos.safetensors"))["embeddings"].shape == (8, 64)
     with safe_open(str(out2 / "videos.safetensors"), "pt") as f:
-        assert json.loads(f.metadata()["ids"]) == ids
+        meta = f.metadata()
+    assert (meta["ids_file"], meta["count"], meta["dim"]) == ("videos_ids.jsonl", "8", "64")
+    assert "ids" not in meta and read_embeddings(out2 / "videos.safetensors")[1] == ids
 
     captions = tmp_path / "caps.txt"
     captions.write_text("a red square moving left\n\na blue star growing\n")
@@ -211,7 +215,7 @@ def test_cpd_embed_videos_and_captions(cpd_model, classifier, tiny_synthetic, tm
     assert (
         cli("embed", [cpd_model, "--captions", str(captions), "--out", str(out3), "--quiet"]) == 0
     )
-    assert json.loads((out3 / "texts_ids.json").read_text()) == ["1", "3"]
+    assert read_embeddings(out3 / "texts.npy")[1] == ["1", "3"]
     model = cpd.load_model(cpd_model)
     with torch.no_grad():
         direct = model.encode_text(["a red square moving left", "a blue star growing"])

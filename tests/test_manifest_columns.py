@@ -474,7 +474,7 @@ def test_retrieval_and_embed_read_any_columns(
     argv = [cpd_model, "--captions", str(csv_path), *KEYS, "--manifest-format", "csv",
             "--bad-rows", "skip", "--out", str(emb), "--quiet"]  # fmt: skip
     assert cli("embed", argv) == 0
-    ids = json.loads((emb / "texts_ids.json").read_text())
+    ids = [json.loads(x) for x in (emb / "texts_ids.jsonl").read_text().splitlines()]
     assert len(ids) == 4 and "broken" not in ids
     results = json.loads((emb / "results.json").read_text())
     assert results["protocol"]["format"] == "npy" and results["protocol"]["caption_key"] == "name"

@@ -168,7 +168,7 @@ def test_embed_and_retrieval_read_the_shards(tiny_pretrain_overrides, synth_shar
     assert main(["embed", export, "--shards", shards, "--out", str(tmp_path / "emb"), *view]) == 0
     videos = np.load(tmp_path / "emb" / "videos.npy")
     texts = np.load(tmp_path / "emb" / "texts.npy")
-    ids = json.loads((tmp_path / "emb" / "videos_ids.json").read_text())
+    ids = [json.loads(x) for x in (tmp_path / "emb" / "videos_ids.jsonl").read_text().splitlines()]
     assert videos.shape == texts.shape == (12, 16)
     assert ids == [f"{s:05d}{p:04d}" for s, n in ((0, 5), (1, 5), (2, 2)) for p in range(n)]
     out = tmp_path / "ret"

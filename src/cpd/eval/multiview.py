@@ -27,7 +27,7 @@ videos that were evaluated; the number and names of failed videos are reported b
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "classification_metrics",
     "classifier_scores",
     "collect_video_outputs",
+    "iter_video_outputs",
     "multiview_dataset",
 ]
 
@@ -141,6 +142,42 @@ class VideoOutputs:
 
 
 @torch.no_grad()
+def iter_video_outputs(
+    dataset: Any,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    env: EvalEnv,
+    *,
+    dim: int,
+    batch_size: int = 4,
+    workers: int = 0,
+    desc: str = "videos",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, str, str]]]]:
+    """This rank's outputs of ``fn`` (see :func:`collect_video_outputs`), one loader batch at a
+    time: ``(index [b] int64, values [b, dim] float64 on the CPU, failures)``, a failed video
+    a NaN row and a ``(index, path, reason)`` entry. Not collective; the rank's share is the
+    sampler's (see the module docstring), padding repeats included."""
+    loader = make_eval_loader(dataset, env, batch_size=batch_size, workers=workers,
+                              collate_fn=_keep_list)  # fmt: skip
+    bar = progress(loader, total=len(loader), desc=desc, enabled=env.show_progress)
+    for batch in bar:
+        rows: list[torch.Tensor] = []
+        failed: list[tuple[int, str, str]] = []
+        for sample in batch:
+            views = sample["video"]
+            if isinstance(views, DecodeFailure):
+                failed.append((int(sample["index"]), views.path, views.reason))
+                row = torch.full((dim,), float("nan"), dtype=torch.float64)
+            else:
+                row = fn(views.to(env.device, non_blocking=True)).double().cpu()
+                if row.shape != (dim,):
+                    raise ValueError(f"fn returned shape {tuple(row.shape)}, expected ({dim},)")
+            rows.append(row)
+        index = torch.tensor([int(s["index"]) for s in batch], dtype=torch.int64)
+        values = torch.stack(rows) if rows else torch.zeros(0, dim, dtype=torch.float64)
+        yield index, values, failed
+
+
+@torch.no_grad()
 def collect_video_outputs(
     dataset: Any,
     fn: Callable[[torch.Tensor], torch.Tensor],
@@ -157,32 +194,23 @@ def collect_video_outputs(
     gathered, deduplicated and checked complete. Collective under a process group: call it on
     every rank. Every rank returns the same :class:`VideoOutputs`.
     """
-    loader = make_eval_loader(dataset, env, batch_size=batch_size, workers=workers,
-                              collate_fn=_keep_list)  # fmt: skip
-    rows: list[torch.Tensor] = []
-    indices: list[int] = []
+    values: list[torch.Tensor] = []
+    indices: list[torch.Tensor] = []
     failed: list[tuple[int, str, str]] = []
-    bar = progress(loader, total=len(loader), desc=desc, enabled=env.show_progress)
-    for batch in bar:
-        for sample in batch:
-            views = sample["video"]
-            if isinstance(views, DecodeFailure):
-                failed.append((int(sample["index"]), views.path, views.reason))
-                row = torch.full((dim,), float("nan"), dtype=torch.float64)
-            else:
-                row = fn(views.to(env.device, non_blocking=True)).double().cpu()
-                if row.shape != (dim,):
-                    raise ValueError(f"fn returned shape {tuple(row.shape)}, expected ({dim},)")
-            rows.append(row)
-            indices.append(int(sample["index"]))
-    local = torch.stack(rows) if rows else torch.zeros(0, dim, dtype=torch.float64)
-    local_index = torch.tensor(indices, dtype=torch.int64)
+    for index, rows, batch_failed in iter_video_outputs(
+        dataset, fn, env, dim=dim, batch_size=batch_size, workers=workers, desc=desc
+    ):
+        indices.append(index)
+        values.append(rows)
+        failed += batch_failed
+    local = torch.cat(values) if values else torch.zeros(0, dim, dtype=torch.float64)
+    local_index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.int64)
     # gloo gathers CPU tensors, NCCL CUDA ones
     gather_device = env.device if env.world_size > 1 and env.device.type == "cuda" else "cpu"
-    values, index = gather_embeddings(
+    values_all, index_all = gather_embeddings(
         local.to(gather_device), local_index.to(gather_device), num_samples=len(dataset)
     )
-    return VideoOutputs(values.cpu(), index.cpu(), _gather_failures(failed, env))
+    return VideoOutputs(values_all.cpu(), index_all.cpu(), _gather_failures(failed, env))
 
 
 def _gather_failures(local: list[tuple[int, str, str]], env: EvalEnv) -> dict[int, tuple[str, str]]:
