@@ -55,13 +55,7 @@ from cpd.train.finetune_build import (
     set_train_mode,
 )
 from cpd.train.finetune_config import FinetuneConfig, first_trained_stage
-from cpd.train.finetune_eval import (
-    evaluate_clips,
-    finetune_step,
-    multiview_test,
-    report,
-    test_metrics,
-)
+from cpd.train.finetune_eval import evaluate_clips, multiview_test, report, test_metrics
 from cpd.train.loader import make_loader
 from cpd.train.log import RunLogger
 from cpd.train.probe import linear_probe
@@ -73,7 +67,7 @@ from cpd.train.run import (
     open_run,
 )
 from cpd.train.state import StopSignal
-from cpd.train.step import StepResult
+from cpd.train.step import StepResult, finetune_step
 
 __all__ = [
     "FinetuneData",

@@ -1,5 +1,5 @@
-"""``cpd finetune``'s training step, one-clip validation, the final multi-view test and the
-report (``results.json``, ``export/``, the printed table) that ``linear_features`` shares."""
+"""``cpd finetune``'s one-clip validation, the final multi-view test and the report
+(``results.json``, ``export/``, the printed table) that ``linear_features`` shares."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cpd import dist
 from cpd.config import to_dict
 from cpd.data import ActionDataset
 from cpd.models import ResNet3d, save_model
@@ -23,59 +21,8 @@ from cpd.train.finetune_config import FinetuneConfig
 from cpd.train.loader import make_loader
 from cpd.train.log import RunLogger, format_table
 from cpd.train.run import Env
-from cpd.train.step import StepResult
 
 log = logging.getLogger(__name__)
-
-
-# --- one step, validation, test -----------------------------------------------------------
-
-
-def finetune_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    batch: dict[str, torch.Tensor],
-    *,
-    amp_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    clip_norm: float = 0.0,
-    memory_format: torch.memory_format = torch.contiguous_format,
-) -> tuple[StepResult, float]:
-    """One cross-entropy step on ``batch`` (on the device); returns (result, correct clips).
-
-    A loss that is not finite on any rank skips the step on every rank, BatchNorm statistics
-    included (they are put back), as in :func:`cpd.train.step.pretrain_step`.
-    """
-    core = model.module if hasattr(model, "module") else model
-    video = batch["video"].contiguous(memory_format=memory_format)
-    saved = [b.detach().clone() for b in core.buffers()]
-    with autocast_context(video.device, amp_dtype):
-        logits = model(video)
-    loss = F.cross_entropy(logits.float(), batch["label"])
-    correct = float((logits.argmax(1) == batch["label"]).sum())
-    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=video.device)
-    if dist.get_world_size() > 1:
-        torch.distributed.all_reduce(bad)
-    optimizer.zero_grad(set_to_none=True)
-    terms = {"loss": float(loss.detach())}
-    if bad.item() > 0:
-        with torch.no_grad():
-            for buf, old in zip(core.buffers(), saved, strict=True):
-                buf.copy_(old)
-        return StepResult(terms, float("nan"), False, True), correct
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    norm = float(torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm > 0 else math.inf))
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    return StepResult(terms, norm, clip_norm > 0 and norm > clip_norm, False), correct
 
 
 @torch.no_grad()

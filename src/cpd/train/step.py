@@ -1,16 +1,23 @@
-"""One pretraining optimizer step, and the cache of frozen text features it uses in stage I.
+"""Optimizer steps: pretraining's and finetuning's, the guard both share, and the cache of
+frozen text features pretraining uses in stage I.
 
-The step, in order: text features (cached while the text encoder is frozen), video forward,
-loss (outside the DDP-wrapped model), a NaN/Inf check agreed by all ranks, backward, gradient
-clipping, optimizer step, then the memory-bank update with the detached features. A step whose
-loss is not finite on any rank is skipped on every rank (no update of weights or banks).
+Both steps run the forward and the loss, then :func:`guarded_update`: a NaN/Inf check agreed
+by all ranks, backward, gradient clipping, optimizer step. A step whose loss is not finite on
+any rank is skipped on every rank and leaves no trace (no update of weights, BatchNorm
+statistics or memory banks).
+
+The pretraining step, in order: text features (cached while the text encoder is frozen), video
+forward, loss (outside the DDP-wrapped model), the guarded update, then the memory-bank update
+with the detached features.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cpd import dist
@@ -81,6 +88,49 @@ class StepResult:
     skipped: bool
 
 
+def guarded_update(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    terms: dict[str, float],
+    saved_buffers: list[torch.Tensor],
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    clip_norm: float = 0.0,
+) -> StepResult:
+    """Finish a step whose forward and ``loss`` are done: skip it, or backward, clip, step.
+
+    ``saved_buffers``: copies of ``model``'s buffers taken before the forward, put back when
+    the step is skipped (BatchNorm updates its running statistics in the forward). ``terms``:
+    the loss terms as floats, for the result. Collective under a process group.
+    """
+    # Every rank must agree to skip, or collectives in backward (and after) deadlock.
+    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
+    if dist.get_world_size() > 1:
+        torch.distributed.all_reduce(bad)
+    optimizer.zero_grad(set_to_none=True)
+    if bad.item() > 0:
+        with torch.no_grad():
+            for buf, saved in zip(model.buffers(), saved_buffers, strict=True):
+                buf.copy_(saved)
+        return StepResult(terms, math.nan, False, True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    grad_norm = float(
+        torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm > 0 else math.inf)
+    )
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return StepResult(terms, grad_norm, clip_norm > 0 and grad_norm > clip_norm, False)
+
+
 def pretrain_step(
     model: nn.Module,
     loss_fn: nn.Module,
@@ -132,31 +182,33 @@ def pretrain_step(
             hard_valid=hard_valid,
             update_memory=False,
         )
-    loss = terms["loss"]
-    # Every rank must agree to skip, or collectives in backward / the bank update deadlock.
-    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=device)
-    if dist.get_world_size() > 1:
-        torch.distributed.all_reduce(bad)
     values = {k: float(x.detach()) for k, x in terms.items()}
-    if bad.item() > 0:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for buf, saved in zip(core.buffers(), saved_buffers, strict=True):
-                buf.copy_(saved)
-        return StepResult(values, float("nan"), False, True)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    max_norm = clip_norm if clip_norm > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    loss_fn.update_memory(v.detach().float(), t.detach().float(), index)
-    return StepResult(values, grad_norm, clip_norm > 0 and grad_norm > clip_norm, False)
+    result = guarded_update(core, optimizer, terms["loss"], values, saved_buffers,
+                            scaler=scaler, clip_norm=clip_norm)  # fmt: skip
+    if not result.skipped:
+        loss_fn.update_memory(v.detach().float(), t.detach().float(), index)
+    return result
+
+
+def finetune_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    *,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    clip_norm: float = 0.0,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[StepResult, float]:
+    """One cross-entropy step of a classifier on ``batch`` (on the device); returns the
+    result and the number of clips it classified correctly. ``model`` may be DDP-wrapped."""
+    core = model.module if hasattr(model, "module") else model
+    video = batch["video"].contiguous(memory_format=memory_format)
+    saved_buffers = [b.detach().clone() for b in core.buffers()]
+    with autocast_context(video.device, amp_dtype):
+        logits = model(video)
+    loss = F.cross_entropy(logits.float(), batch["label"])
+    correct = float((logits.argmax(1) == batch["label"]).sum())
+    result = guarded_update(core, optimizer, loss, {"loss": float(loss.detach())}, saved_buffers,
+                            scaler=scaler, clip_norm=clip_norm)  # fmt: skip
+    return result, correct
