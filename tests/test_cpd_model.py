@@ -184,6 +184,12 @@ def test_export_errors_name_the_file(tmp_path):
     clf = build_model(ModelConfig(arch="r3d10", base_width=8, num_classes=2))
     out = save_model(clf, tmp_path / "clf")
     assert isinstance(cpd.load_model(out), ResNet3d)
+    meta = json.loads((out / "config.json").read_text())
+    for bad, message in ((["x"], "preprocessing is a list, not a dict"),
+                         ({"num_frames": 0, "stride": 1, "crop_size": 8}, "bad preprocessing: ")):  # fmt: skip
+        (out / "config.json").write_text(json.dumps({**meta, "preprocessing": bad}))
+        with pytest.raises(CheckpointError, match=f"config.json: {message}"):
+            cpd.load_model(out)
     (out / "model.safetensors").write_bytes(b"broken")
     with pytest.raises(CheckpointError, match="model.safetensors: cannot read weights"):
         cpd.load_model(out)

@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -66,6 +66,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
 _FORMAT = "cpd-model"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -211,13 +213,18 @@ def save_model(
     return out
 
 
-def _model_config(data: Any, source: str) -> ModelConfig:
+def _section(data: Any, parse: Callable[[dict[str, Any]], T], source: str, what: str) -> T:
+    """``parse(data)`` of a file's section, any fault a CheckpointError naming ``source``."""
     if not isinstance(data, dict):
-        raise CheckpointError(f"{source}: model config is a {type(data).__name__}, not a dict")
+        raise CheckpointError(f"{source}: {what} is a {type(data).__name__}, not a dict")
     try:
-        return ModelConfig.from_dict(data)
-    except CPDError as exc:
-        raise CheckpointError(f"{source}: bad model config: {exc}") from exc
+        return parse(data)
+    except (CPDError, ValueError) as exc:
+        raise CheckpointError(f"{source}: bad {what}: {exc}") from exc
+
+
+def _model_config(data: Any, source: str) -> ModelConfig:
+    return _section(data, ModelConfig.from_dict, source, "model config")
 
 
 def _load_export(weights: Path, device: str | torch.device) -> nn.Module:
@@ -261,12 +268,7 @@ def _export_preprocessing(meta: dict[str, Any], source: str) -> Preprocessing | 
     raw = meta.get("preprocessing")
     if raw is None:  # an export written before config.json carried it
         return None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{source}: 'preprocessing' is a {type(raw).__name__}, not a dict")
-    try:
-        return Preprocessing.from_dict(raw)
-    except ValueError as exc:
-        raise CheckpointError(f"{source}: bad preprocessing: {exc}") from exc
+    return _section(raw, Preprocessing.from_dict, source, "preprocessing")
 
 
 def model_from_training_checkpoint(data: dict[str, Any], source: str) -> nn.Module:
