@@ -1,10 +1,12 @@
 """`cpd embed`'s files: ids in a sidecar, a header that does not grow with the ids, rows written
-a batch at a time at their positions, and several processes writing what one process writes."""
+a batch at a time at their positions, the output checked before any video is decoded, and
+several processes writing what one process writes."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import tracemalloc
 import weakref
@@ -24,8 +26,14 @@ from cpd.eval.embed import (
     stream_embeddings,
     write_embeddings,
 )
+from tests.test_eval_cli import ONE_VIEW, cli, make_classifier
 
 ENV = EvalEnv(torch.device("cpu"), rank=0, world_size=1, owns_group=False, show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory) -> str:
+    return make_classifier(tmp_path_factory.mktemp("cls") / "export")
 
 
 def _sidecar(path) -> list[str]:
@@ -177,6 +185,45 @@ def test_files_of_older_releases_are_read(tmp_path):
         read_embeddings(tmp_path / "videos.npy")
 
 
+def test_the_output_is_checked_before_any_video_is_decoded(
+    classifier, tiny_synthetic, tmp_path, monkeypatch, capsys
+):
+    decoded = []
+
+    def load_clips(*args, **kwargs):
+        decoded.append(args)
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr("cpd.video.load_clips", load_clips)
+    (tmp_path / "file").write_text("")
+    pattern = str(tiny_synthetic / "videos" / "Moving*" / "*.mp4")
+    argv = [classifier, "--videos", pattern, "--out", str(tmp_path / "file" / "emb"), *ONE_VIEW]
+    assert cli("embed", argv) == 2
+    assert "cannot write the embeddings" in capsys.readouterr().err and decoded == []
+
+
+def test_duplicate_shard_keys_are_named_with_their_shards(classifier, tiny_synthetic, tmp_path,
+                                                         capsys):  # fmt: skip
+    from tests.shard_writer import write_v2d_shards
+
+    rows = [json.loads(x) for x in (tiny_synthetic / "captions.jsonl").read_text().splitlines()]
+    samples = [{"video": (tiny_synthetic / r["video"]).read_bytes(), "caption": r["caption"]}
+               for r in rows[:2]]  # fmt: skip
+    write_v2d_shards(tmp_path / "one", samples, shard_size=2)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for name in ("00000", "00001"):  # the same shard twice: the same keys twice
+        for suffix in (".tar", ".parquet", "_stats.json"):
+            shutil.copy(tmp_path / "one" / f"00000{suffix}", shards / f"{name}{suffix}")
+    out = tmp_path / "emb"
+    argv = [classifier, "--shards", str(shards), "--out", str(out), *ONE_VIEW]
+    assert cli("embed", argv) == 2
+    err = capsys.readouterr().err
+    assert "duplicate id '000000000' at " in err
+    assert "00001.tar, sample 0, first at " in err and "00000.tar, sample 0" in err
+    assert not any(p.suffix in (".npy", ".partial", ".jsonl") for p in out.iterdir())
+
+
 # --- several processes -----------------------------------------------------------------------
 
 WORLD = 2
@@ -236,3 +283,41 @@ def test_a_duplicate_found_on_rank_0_stops_both_processes(tmp_path):
             in (tmp_path / f"error{rank}.txt").read_text()
         )
     assert not (tmp_path / "videos.npy").exists() and not (tmp_path / "videos.npy.partial").exists()
+
+
+def _cli_worker(rank: int, port: int, argv: list[str]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))  # fmt: skip
+    torch.set_num_threads(1)
+    if cli("embed", argv) != 0:
+        raise RuntimeError(f"rank {rank}: cpd embed failed")
+
+
+@pytest.mark.dist
+def test_cpd_embed_in_two_processes_writes_the_one_process_files(
+    classifier, tiny_synthetic, tmp_path
+):
+    """Five videos, one undecodable, two per batch: rank 1 repeats video 0 as the sampler's
+    padding, which must be written once."""
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video" * 10)
+    videos = sorted((tiny_synthetic / "videos").glob("Moving*/*.mp4"))[:4]
+    listing = tmp_path / "videos.txt"
+    listing.write_text("".join(f"{p}\n" for p in [videos[0], bad, *videos[1:]]))
+    argv = [classifier, "--videos", str(listing), "--batch-size", "4", "--format", "safetensors",
+            *ONE_VIEW]  # fmt: skip
+    two, one = tmp_path / "two", tmp_path / "one"
+    mp.spawn(_cli_worker, args=(dist.find_free_port(), [*argv, "--out", str(two)]), nprocs=WORLD)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same arithmetic as the workers
+    try:
+        assert cli("embed", [*argv, "--out", str(one)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    emb2, ids2 = read_embeddings(two / "videos.safetensors")
+    emb1, ids1 = read_embeddings(one / "videos.safetensors")
+    assert ids2 == ids1 == [str(p) for p in [videos[0], *videos[1:]]]
+    assert np.array_equal(emb2, emb1)
+    results = json.loads((two / "results.json").read_text())
+    assert results["world_size"] == 2 and results["num"] == 4 and results["num_failed"] == 1
+    assert results["failed"][0]["path"] == str(bad)

@@ -13,12 +13,19 @@ mean 0.45 / std 0.225; flags given win.
 read it: --manifest-format (default auto; --format is the output format here), --video-key,
 --caption-key, --id-key, and --bad-rows skip (bad rows left out, written to OUT/bad_rows.jsonl).
 
---format npy writes OUT/<videos|texts>.npy (float32 [N, D]) and <name>_ids.json;
---format safetensors writes <name>.safetensors (tensor "embeddings", ids in the metadata).
---shards embeds every sample of webdataset shards (ids = the samples' keys): videos.npy and, for
-a CPD model, texts.npy (the captions), row for row.
+--format npy writes OUT/<videos|texts>.npy (float32 [N, D]); --format safetensors writes
+<name>.safetensors (tensor "embeddings"; the metadata holds count, dim, model and ids_file).
+Beside either, <name>_ids.jsonl holds the ids, one JSON string per line, line i for row i;
+cpd.eval.embed.read_embeddings(path) gives (array, ids) back. --shards embeds every sample of
+webdataset shards (ids = the samples' keys, which must be unique): videos.npy and, for a CPD
+model, texts.npy (the captions), row for row.
 
-Under torchrun every process embeds a share and rank 0 writes the whole, in input order.
+The output is checked before any video is decoded (the folder writable with room for every
+row, the ids of videos and caption files unique) and written as the pass goes, a batch at a
+time, so memory does not grow with the number of videos; a killed run leaves <file>.partial,
+never a file that looks complete. Under torchrun every process embeds a share and each batch
+is gathered to rank 0, which writes it at its rows: the files are the single-process files, in
+input order.
 
 Example:
   cpd embed runs/synth/export --videos "data/synth/videos/*/*.mp4" --out emb/
@@ -62,38 +69,89 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_shards(args: argparse.Namespace) -> int:
     """Videos (and captions, for a CPD model) of every sample of the shards, ids = keys."""
-    from cpd.commands._shards import embed_shard_samples
-    from cpd.errors import DataError
+    from cpd.commands._shards import run_on_shards
     from cpd.eval.common import results_header, view_protocol, write_results
-    from cpd.eval.embed import write_embeddings
+    from cpd.eval.shards import describe_row
 
-    env, sources, got = embed_shard_samples(args, cpd_only=False)
+    def write(env: Any, index: Any, chunks: Any, dims: dict[str, int]) -> Any:
+        return _write_pass(args, env, chunks, dims, capacity=index.total, unique=True,
+                           where=lambda row: describe_row(index, row),
+                           nothing=f"{args.shards}: no sample could be read and decoded")  # fmt: skip
+
+    env, sources, (written, _) = run_on_shards(args, cpd_only=False, body=write)
     if not env.main:
         return 0
-    if not got.keys:
-        raise DataError(f"{args.shards}: no sample could be read and decoded")
-    files = write_embeddings(args.out, "videos", got.videos.float(), got.keys, args.format)
-    if got.texts is not None:
-        files += write_embeddings(args.out, "texts", got.texts.float(), got.keys, args.format)
+    videos = written["videos"]
+    files = [f for got in written.values() for f in got.files]
     results = results_header("embed", args.checkpoint, env)
     results["protocol"] = {"shards": args.shards, "format": args.format,
                            **view_protocol(args, sources)}  # fmt: skip
-    results.update(kind="shards", num=len(got.keys), dim=int(got.videos.shape[1]),
-                   files=[str(f) for f in files], num_failed=len(got.missing),
-                   failed=[{"row": r} for r in got.missing], seeds=None)  # fmt: skip
+    results.update(kind="shards", num=videos.count, dim=videos.dim, files=[str(f) for f in files],
+                   num_failed=len(videos.missing), failed=[{"row": r} for r in videos.missing],
+                   seeds=None)  # fmt: skip
     write_results(args.out, results)
-    print(f"{len(got.keys)} samples x {got.videos.shape[1]} -> {', '.join(str(f) for f in files)}")
-    if got.missing:
-        print(f"{len(got.missing)} samples could not be read or decoded and were skipped",
+    print(f"{videos.count} samples x {videos.dim} -> {', '.join(str(f) for f in files)}")
+    if videos.missing:
+        print(f"{len(videos.missing)} samples could not be read or decoded and were skipped",
               file=sys.stderr)  # fmt: skip
     return 0
+
+
+def _write_pass(
+    args: argparse.Namespace,
+    env: Any,
+    chunks: Any,
+    dims: dict[str, int],
+    *,
+    capacity: int,
+    ids: list[str] | None = None,
+    unique: bool,
+    where: Any = None,
+    nothing: str,
+) -> tuple[Any, dict[int, tuple[str, str]]]:
+    """Stream the pass's ``chunks`` into ``OUT/<name>.<format>`` and ``<name>_ids.jsonl`` for
+    every output of ``dims``; returns ``({name: WrittenEmbeddings}, failed rows)`` on rank 0,
+    ``(None, {})`` on the others. The writers, and so every check of the output, exist before
+    the first video is decoded; ``ids`` (when known before the pass) must be unique if
+    ``unique``, else the ids that come with the chunks are checked (on one output: they are
+    the same for all)."""
+    from contextlib import ExitStack
+
+    from cpd.errors import DataError
+    from cpd.eval.embed import EmbeddingWriter, open_on_main, stream_embeddings
+
+    metadata = {"model": str(Path(args.checkpoint).resolve())}
+
+    def open_writers() -> dict[str, EmbeddingWriter]:
+        writers: dict[str, EmbeddingWriter] = {}
+        try:
+            for name, dim in dims.items():
+                check = unique and (name == "videos" or len(dims) == 1)
+                writers[name] = EmbeddingWriter(args.out, name, dim=dim, capacity=capacity,
+                                                fmt=args.format, ids=ids, unique_ids=check,
+                                                metadata=metadata, where=where)  # fmt: skip
+        except BaseException:
+            for writer in writers.values():
+                writer.abort()
+            raise
+        return writers
+
+    writers = open_on_main(env, open_writers)
+    with ExitStack() as stack:  # an error leaves no partial file behind
+        for writer in (writers or {}).values():
+            stack.enter_context(writer)
+        failed = stream_embeddings(chunks, env, writers, dims)
+        if writers is None:
+            return None, {}
+        if not any(writer.count for writer in writers.values()):
+            raise DataError(nothing)
+        return {name: writer.close() for name, writer in writers.items()}, failed
 
 
 def _run(args: argparse.Namespace) -> int:
     import torch
 
     from cpd.data import ActionRecord
-    from cpd.errors import DataError
     from cpd.eval.common import (
         close_distributed,
         init_distributed,
@@ -104,13 +162,13 @@ def _run(args: argparse.Namespace) -> int:
         write_results,
     )
     from cpd.eval.embed import (
-        embed_texts,
         expand_video_inputs,
         read_caption_inputs,
+        text_chunks,
+        video_chunks,
         video_feature_fn,
-        write_embeddings,
     )
-    from cpd.eval.multiview import collect_video_outputs, multiview_dataset
+    from cpd.eval.multiview import multiview_dataset
     from cpd.models import load_cpd_model, load_model
 
     manifest: dict = {}
@@ -121,43 +179,45 @@ def _run(args: argparse.Namespace) -> int:
     elif args.captions:
         texts, ids = read_caption_inputs(args.captions, args.root)
     else:
-        paths = expand_video_inputs(args.videos)
+        paths = ids = expand_video_inputs(args.videos)
     env = init_distributed(args.device, args.quiet)
-    failed: list = []
     try:
         with torch.inference_mode():
             if args.captions:
                 model = load_cpd_model(args.checkpoint, env.device)
                 sources = resolve_view_arguments(args, model)
-                emb, name = embed_texts(model, texts, env, batch_size=256), "texts"
+                name, dim = "texts", model.embed_dim
+                chunks = text_chunks(model, texts, env, batch_size=256)
             else:
                 model = load_model(args.checkpoint, env.device)
                 sources = resolve_view_arguments(args, model)
                 fn, dim = video_feature_fn(model)
                 records = [ActionRecord(i, p, p, 0, "", None) for i, p in enumerate(paths)]
                 dataset = multiview_dataset(records, **view_options(args))
-                out = collect_video_outputs(dataset, fn, env, dim=dim, batch_size=args.batch_size,
-                                            workers=args.workers, desc="videos")  # fmt: skip
-                ok = out.ok
-                emb, name = out.values[ok], "videos"
-                ids = [p for p, keep in zip(paths, ok.tolist(), strict=True) if keep]
-                failed = [{"path": p, "reason": r} for p, r in out.failed.values()]
+                name = "videos"
+                chunks = video_chunks(dataset, fn, env, dim=dim, batch_size=args.batch_size,
+                                      workers=args.workers)  # fmt: skip
+            # a manifest's ids are the videos of its captions: several captions, one id
+            written, failures = _write_pass(args, env, chunks, {name: dim}, capacity=len(ids),
+                                            ids=ids, unique=not manifest,
+                                            nothing="no video could be decoded")  # fmt: skip
     finally:
         close_distributed(env)
     if not env.main:
         return 0
-    if not len(ids):
-        raise DataError("no video could be decoded")
-    files = write_embeddings(args.out, name, emb, ids, args.format)
+    got = written[name]
+    if got.missing != sorted(failures):
+        raise RuntimeError(f"rows {sorted(set(got.missing) - set(failures))[:10]} never came")
+    failed = [{"path": p, "reason": r} for _, (p, r) in sorted(failures.items())]
     results = results_header("embed", args.checkpoint, env)
     results["protocol"] = {"format": args.format, **view_protocol(args, sources)}
-    results.update(kind=name, num=len(ids), dim=int(emb.shape[1]), files=[str(f) for f in files],
+    results.update(kind=name, num=got.count, dim=dim, files=[str(f) for f in got.files],
                    num_failed=len(failed), failed=failed, seeds=None)  # fmt: skip
     if manifest:
         results["protocol"].update(manifest["protocol"])
         results.update(report_manifest(manifest["report"], manifest["dir"]))
     write_results(args.out, results)
-    print(f"{len(ids)} {name} x {emb.shape[1]} -> {', '.join(str(f) for f in files)}")
+    print(f"{got.count} {name} x {dim} -> {', '.join(str(f) for f in got.files)}")
     if failed:
         print(f"{len(failed)} videos failed to decode and were skipped", file=sys.stderr)
     return 0
