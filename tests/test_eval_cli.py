@@ -112,7 +112,7 @@ def test_cpd_test_counts_failed_videos_and_averages_splits(
     listing, classes, split = write_csv_with_bad_video(tiny_synthetic, tmp_path)
     out = tmp_path / "eval"
     argv = [classifier, "--dataset", "csv", "--csv", str(listing), "--classes", str(classes),
-            "--subset", "all", "--video-root", str(tmp_path), "--split", "1", "2", "--out",
+            "--split", "all", "--video-root", str(tmp_path), "--fold", "1", "2", "--out",
             str(out), "--scores", "softmax", *VIEWS]  # fmt: skip
     assert cli("test", argv) == 0
     results = json.loads((out / "results.json").read_text())
@@ -137,7 +137,7 @@ def test_cpd_test_rejects_a_model_without_classifier(cpd_model, tiny_synthetic, 
 def test_cpd_zeroshot_protocols(cpd_model, tiny_synthetic, tmp_path):
     model = cpd_model
     out = tmp_path / "zs"
-    argv = [model, *ucf_args(tiny_synthetic), "--subset", "all", "--random-splits", "3",
+    argv = [model, *ucf_args(tiny_synthetic), "--split", "all", "--random-splits", "3",
             "--seed", "5", "--out", str(out), *ONE_VIEW]  # fmt: skip
     assert cli("zeroshot", argv) == 0
     r = json.loads((out / "results.json").read_text())
@@ -163,7 +163,7 @@ def test_cpd_retrieval_equals_retrieval_metrics(tiny_synthetic, tmp_path):
     manifest = tmp_path / "captions.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "ret"
-    argv = [cpd_model, "--captions", str(manifest), "--root", str(tiny_synthetic), "--split",
+    argv = [cpd_model, "--manifest", str(manifest), "--video-root", str(tiny_synthetic), "--split",
             "train", "--chunk-size", "3", "--out", str(out), *VIEWS]  # fmt: skip
     assert cli("retrieval", argv) == 0
     got = json.loads((out / "results.json").read_text())["metrics"]
@@ -213,7 +213,7 @@ def test_cpd_embed_videos_and_captions(cpd_model, classifier, tiny_synthetic, tm
     captions.write_text("a red square moving left\n\na blue star growing\n")
     out3 = tmp_path / "emb3"
     assert (
-        cli("embed", [cpd_model, "--captions", str(captions), "--out", str(out3), "--quiet"]) == 0
+        cli("embed", [cpd_model, "--caption-file", str(captions), "--out", str(out3), "--quiet"]) == 0
     )
     assert read_embeddings(out3 / "texts.npy")[1] == ["1", "3"]
     model = cpd.load_model(cpd_model)

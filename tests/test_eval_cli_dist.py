@@ -35,7 +35,7 @@ def test_two_process_test_equals_one_process(tiny_synthetic, tmp_path):
     listing, classes, _ = write_csv_with_bad_video(tiny_synthetic, tmp_path)
     model = make_classifier(tmp_path / "cls")
     argv = [model, "--dataset", "csv", "--csv", str(listing), "--classes", str(classes),
-            "--subset", "all", "--video-root", str(tmp_path), "--batch-size", "2", *VIEWS]  # fmt: skip
+            "--split", "all", "--video-root", str(tmp_path), "--batch-size", "2", *VIEWS]  # fmt: skip
     two, one = tmp_path / "two", tmp_path / "one"
     mp.spawn(_worker, args=(dist.find_free_port(), [*argv, "--out", str(two)]), nprocs=WORLD)
 

@@ -64,7 +64,7 @@ def test_readme_instagram_sequence(
 
     # cpd prepare --manifest instagram_captions.json --video-dir ig_raw/ -o ig --workers 16
     fast = ["--short-side", "48", "--preset", "ultrafast", "--quiet"]
-    argv = ["prepare", "--manifest", "instagram_captions.json", "--video-dir", "ig_raw/",
+    argv = ["prepare", "--manifest", "instagram_captions.json", "--video-root", "ig_raw/",
             "-o", "ig", "--workers", "1", *fast]  # fmt: skip
     assert main(argv) == 0
     pairs = [json.loads(line) for line in Path("ig/captions.jsonl").read_text().splitlines()]
@@ -78,7 +78,7 @@ def test_readme_instagram_sequence(
             f"model.text_encoder={tiny_text_encoder}", "run.out=runs/ig_r50", *TINY]  # fmt: skip
     # the bug this guards against: the preset fixed data.format=instagram, so the JSON Lines
     # that cpd prepare writes failed as "line 2: invalid JSON: Extra data"
-    assert main([*argv, "data.format=instagram", "run.out=runs/fixed_format"]) == 1
+    assert main([*argv, "data.format=instagram", "run.out=runs/fixed_format"]) == 2
     assert "format 'instagram' was given, but the file holds JSON Lines" in capsys.readouterr().err
     assert main(argv) == 0
     run = Path("runs/ig_r50")

@@ -453,14 +453,12 @@ def test_retrieval_and_embed_read_any_columns(
     cpd_model: str, tiny_synthetic: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     csv_path = webvid_like(tiny_synthetic, tmp_path)
-    base = [cpd_model, "--captions", str(csv_path), "--root", str(tiny_synthetic), "--split",
+    base = [cpd_model, "--manifest", str(csv_path), "--video-root", str(tiny_synthetic), "--split",
             "all", *KEYS, *ONE_VIEW]  # fmt: skip
     assert cli("retrieval", [*base, "--out", str(tmp_path / "r0")]) == 2
     assert "line 6: empty 'name'" in capsys.readouterr().err
-    assert cli("retrieval", [*base, "--bad-rows", "skip"]) == 2  # where would they go?
-    assert "--bad-rows skip needs --out" in capsys.readouterr().err
     out = tmp_path / "ret"
-    argv = [*base, "--bad-rows", "skip", "--format", "csv", "--out", str(out)]
+    argv = [*base, "--bad-rows", "skip", "--manifest-format", "csv", "--out", str(out)]
     assert cli("retrieval", argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["metrics"]["num_videos"] == 4 and results["num_bad_rows"] == 1
@@ -471,7 +469,7 @@ def test_retrieval_and_embed_read_any_columns(
     assert "1 bad manifest rows were skipped" in capsys.readouterr().err
 
     emb = tmp_path / "emb"
-    argv = [cpd_model, "--captions", str(csv_path), *KEYS, "--manifest-format", "csv",
+    argv = [cpd_model, "--manifest", str(csv_path), *KEYS, "--manifest-format", "csv",
             "--bad-rows", "skip", "--out", str(emb), "--quiet"]  # fmt: skip
     assert cli("embed", argv) == 0
     ids = [json.loads(x) for x in (emb / "texts_ids.jsonl").read_text().splitlines()]

@@ -65,7 +65,7 @@ def prepared(sources: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     lines = [{"video": "x/long.avi", "caption": "a long one", "split": "validation"},
              {"video": "y.mp4", "id": "short", "caption": "a short one"}]  # fmt: skip
     captions.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    code = cli(str(sources), str(sources / "absent.mp4"), "-o", str(out), "--captions",
+    code = cli(str(sources), str(sources / "absent.mp4"), "-o", str(out), "--caption-file",
                str(captions), "--workers", "1", *FAST)  # fmt: skip
     return out, code
 
@@ -146,7 +146,7 @@ def test_instagram_json_and_worker_count(sources: Path, tmp_path: Path) -> None:
     outs = []
     for workers in ("1", "2"):
         out = tmp_path / f"out{workers}"
-        argv = ["--manifest", str(manifest), "--video-dir", str(raw), "-o", str(out)]
+        argv = ["--manifest", str(manifest), "--video-root", str(raw), "-o", str(out)]
         assert cli(*argv, "--workers", workers, *FAST) == 1
         outs.append(out)
     failures = [json.loads(line) for line in (outs[0] / "failures.jsonl").open()]

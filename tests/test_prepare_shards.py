@@ -245,7 +245,7 @@ def test_webvid_csv_with_column_options(
     lines = ["videoid,contentUrl,duration,page_dir,name"]
     lines += [f'{v},https://x/{v}.mp4,PT00H00M02S,{p},"{c}"' for v, c, p in rows]
     Path("results.csv").write_text("\n".join(lines) + "\n")
-    argv = ["--manifest", "results.csv", "--video-dir", "webvid/", "--video-key",
+    argv = ["--manifest", "results.csv", "--video-root", "webvid/", "--video-key",
             "{page_dir}/{videoid}.mp4", "--caption-key", "name", "--id-key", "videoid",
             "-o", "OUT", "--shards"]  # fmt: skip
     assert cli(*argv, "--workers", "1", *FAST) == 1  # 3088 is missing
@@ -273,7 +273,7 @@ def test_bad_arguments_exit_2(sources: Path, tmp_path: Path) -> None:
 def test_loose_files_split_into_parts(sources: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     videos = [str(sources / f"{n}.mp4") for n in ("a", "b", "c", "bad")]
-    argv = [*videos, "-o", str(out), "--captions", str(sources / "captions.jsonl")]
+    argv = [*videos, "-o", str(out), "--caption-file", str(sources / "captions.jsonl")]
     assert cli(*argv, "--part", "0/2", "--workers", "1", *FAST) == 0  # a, c
     assert cli(*argv, "--part", "1/2", "--workers", "1", *FAST) == 1  # b, bad
     names = sorted(p.name for p in (out / "videos").iterdir())

@@ -133,7 +133,7 @@ def test_sigterm_stops_with_a_checkpoint_then_resume_finishes(tiny_pretrain_over
     finally:
         proc.kill()
     err = log.read_text()
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert proc.returncode == 3, err  # stopped by a signal, with a checkpoint
     assert "stopped by SIGTERM" in err and "Resume with" in err
     ckpt = read_checkpoint(run_dir / "last.pt")
     done = ckpt["global_step"]

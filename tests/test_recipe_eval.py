@@ -110,7 +110,7 @@ def test_older_export_without_preprocessing_loads_and_falls_back(tmp_path, tiny_
     (tmp_path / "old" / "config.json").write_text(json.dumps(meta))
     assert cpd.load_model(path).preprocessing is None
     args = _parse("test", [path, *ucf_args(tiny_synthetic)])
-    from cpd.eval.common import resolve_view_arguments
+    from cpd.commands._evaluation import resolve_view_arguments
 
     sources = resolve_view_arguments(args, cpd.load_model(path))
     assert (args.num_frames, args.stride, args.crop_size, args.fps) == (16, 4, 112, 30.0)
@@ -162,7 +162,7 @@ def test_zeroshot_and_retrieval_take_their_defaults_from_the_export(
     protocol = json.loads((out / "results.json").read_text())["protocol"]
     assert (protocol["num_frames"], protocol["stride"], protocol["crop_size"]) == (4, 2, 32)
     out = tmp_path / "ret"
-    argv = [path, "--captions", str(tiny_synthetic / "captions.jsonl"), "--out", str(out),
+    argv = [path, "--manifest", str(tiny_synthetic / "captions.jsonl"), "--out", str(out),
             "--workers", "0", "--quiet"]  # fmt: skip
     assert cli("retrieval", argv) == 0
     protocol = json.loads((out / "results.json").read_text())["protocol"]
@@ -319,7 +319,7 @@ def test_official_json_is_what_the_official_scorer_reads(tmp_path, tiny_syntheti
     path = _classifier(tmp_path / "export")
     out = tmp_path / "eval"
     official = tmp_path / "pred" / "val.json"
-    argv = [path, *ucf_args(tiny_synthetic), "--subset", "all", "--out", str(out),
+    argv = [path, *ucf_args(tiny_synthetic), "--split", "all", "--out", str(out),
             "--official-json", str(official), *GEOMETRY, *FAST]  # fmt: skip
     assert cli("test", argv) == 0
     data = json.loads(official.read_text())
@@ -341,7 +341,7 @@ def test_official_json_is_what_the_official_scorer_reads(tmp_path, tiny_syntheti
 
 def test_official_json_with_several_splits_needs_a_split_field(tmp_path, tiny_synthetic, capsys):
     path = _classifier(tmp_path / "export")
-    argv = [path, *ucf_args(tiny_synthetic), "--split", "1", "1", *GEOMETRY, "--official-json",
+    argv = [path, *ucf_args(tiny_synthetic), "--fold", "1", "1", *GEOMETRY, "--official-json",
             str(tmp_path / "val.json"), *FAST]  # fmt: skip
     assert cli("test", argv) == 2 and "{split}" in capsys.readouterr().err
     argv[-len(FAST) - 1] = str(tmp_path / "s{split}" / "val.json")

@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from cpd import __version__
+from cpd.commands._options import EXIT_HELP
 
 # command name -> (module, one-line help). Order is the order shown in --help.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -68,6 +69,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
                 name,
                 help=help_text,
                 description=module.__doc__,
+                epilog=EXIT_HELP,
                 formatter_class=argparse.RawDescriptionHelpFormatter,
             )
             module.add_arguments(p)

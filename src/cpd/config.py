@@ -12,7 +12,9 @@ explicit arguments. Helpers here are generic over any (nested) dataclass:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
 import types
 import typing
 from pathlib import Path
@@ -23,6 +25,7 @@ import yaml
 from cpd.errors import CPDError
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 
 
 class ConfigError(CPDError):
@@ -116,6 +119,8 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    if not prefix and renamed_keys(cls):  # configs saved by older releases (checkpoints)
+        data = _rename_in(copy.deepcopy(data), renamed_keys(cls), "config", warn=False)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -148,15 +153,58 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
     return from_dict(type(cfg), data)
 
 
+def renamed_keys(cls: type) -> dict[str, str]:
+    """``cls.RENAMED``: old dotted key -> new dotted key, for keys renamed in this release."""
+    return dict(getattr(cls, "RENAMED", {}))
+
+
+def _rename_in(
+    data: dict[str, Any], renamed: dict[str, str], where: str, warn: bool = True
+) -> dict[str, Any]:
+    """``data`` (nested, from YAML) with renamed keys moved to their new names (in place),
+    saying so when ``warn``."""
+    for old, new in renamed.items():
+        *parents, leaf = old.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        new_leaf = new.split(".")[-1]
+        if new_leaf in node:
+            raise ConfigError(f"{where}: {old} and {new} are the same setting; keep {new}")
+        if warn:
+            _log.warning("%s: %s is deprecated and goes in the next release; use %s",
+                         where, old, new)  # fmt: skip
+        node[new_leaf] = node.pop(leaf)
+    return data
+
+
+def _rename_override(item: str, renamed: dict[str, str]) -> str:
+    key, sep, raw = item.partition("=")
+    new = renamed.get(key.strip())
+    if new is None or not sep:
+        return item
+    _log.warning("%s is deprecated and goes in the next release; use %s", key.strip(), new)
+    return f"{new}={raw}"
+
+
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
-    """Defaults of ``cls``, updated by the YAML file at ``path`` (if any), then by ``overrides``."""
+    """Defaults of ``cls``, updated by the YAML file at ``path`` (if any), then by ``overrides``.
+
+    Keys that ``cls.RENAMED`` lists under their old names are read as the new ones, with a
+    deprecation warning."""
     cfg = cls()
+    renamed = renamed_keys(cls)
+    overrides = [_rename_override(o, renamed) for o in overrides or []]
     if path is not None:
         path = Path(path)
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+        if isinstance(data, dict):
+            data = _rename_in(data, renamed, str(path))
         merged = _merge(to_dict(cfg), data, str(path))
         try:
             cfg = from_dict(cls, merged)

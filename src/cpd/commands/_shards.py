@@ -31,13 +31,9 @@ def run_on_shards(
     the model loaded, ``chunks`` this rank's :func:`cpd.eval.shards.shard_chunks` (made as
     ``body`` iterates) and ``dims`` their outputs' sizes (``videos``, and ``texts`` for a CPD
     model). Collective under torchrun: every rank calls it."""
+    from cpd.commands._evaluation import per_process_batch, resolve_view_arguments, view_options
     from cpd.data.shards import shared_shard_index
-    from cpd.eval.common import (
-        close_distributed,
-        init_distributed,
-        resolve_view_arguments,
-        view_options,
-    )
+    from cpd.eval.common import close_distributed, init_distributed
     from cpd.eval.embed import video_feature_fn
     from cpd.eval.shards import shard_chunks
     from cpd.models import CPDModel, load_cpd_model, load_model
@@ -50,8 +46,8 @@ def run_on_shards(
         texts = isinstance(model, CPDModel)
         index = shared_shard_index(args.shards, [args.out] if args.out else [])
         chunks = shard_chunks(model, index, env, video_fn=fn, dim=dim, **view_options(args),
-                              batch_size=args.batch_size, workers=args.workers,
-                              caption_key=args.caption_key,
+                              batch_size=per_process_batch(args.batch_size, env.world_size),
+                              workers=args.workers, caption_key=args.caption_key,
                               texts=texts)  # fmt: skip
         result = body(env, index, chunks, {"videos": dim, **({"texts": dim} if texts else {})})
     finally:

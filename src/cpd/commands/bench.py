@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cpd.commands._options import add_run_options
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Each benchmark is a sub-subcommand; register new ones in ``_BENCHES`` below."""
@@ -81,15 +83,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     step.add_argument("--num-data", type=int, default=20000, help="memory-bank rows N")
     step.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     step.add_argument("--warmup", type=int, default=2)
-    step.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    step.add_argument("--device", default="auto",
+                      help="auto (default: a GPU when there is one), cpu, cuda, cuda:1, ...")  # fmt: skip
     step.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"], default="auto",
                       help="autocast dtype of our step (auto: bf16 on CUDA / bf16 CPUs)")  # fmt: skip
-    step.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     step.add_argument("--no-baseline", action="store_true", help="skip the official-way step")
+    for name, bench in (("load", load), ("step", step)):
+        add_run_options(bench, out=f"runs/bench_{name}", device=False, workers=None,
+                        threads=name == "step", quiet=False)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the benchmark named by ``args.bench``."""
     return _BENCHES[args.bench](args)
+
+
+def _report(result: dict, out: str) -> int:
+    """Print ``result`` as one JSON line (what scripts read) and write OUT/results.json."""
+    path = Path(out) / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result))
+    return 0
 
 
 def write_sample(
@@ -265,8 +280,7 @@ def _bench_load_in(args: argparse.Namespace, scratch: Path) -> int:
         # a stream meets each sample once, as files are met at scale (no index cache hits)
         result["shard_vs_cold_index_files"] = round(w["shards"] / w["ours_cold_index"], 3)
         result["shards"] = shard.tars
-    print(json.dumps(result))
-    return 0
+    return _report(result, args.out)
 
 
 def _pack(videos: list[str], tar: Path) -> Path:
@@ -327,14 +341,16 @@ def _bench_step(args: argparse.Namespace) -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     result = bench_step(
         args.arch, args.batch_size, args.num_frames, args.crop_size,
         text_encoder=args.text_encoder, num_data=args.num_data,
         num_negatives=args.num_negatives, steps=args.steps, warmup=args.warmup,
-        device=args.device, amp=args.amp, baseline=not args.no_baseline,
+        device=device, amp=args.amp, baseline=not args.no_baseline,
     )  # fmt: skip
-    print(json.dumps(result))
-    return 0
+    return _report(result, args.out)
 
 
 _BENCHES = {"load": _bench_load, "step": _bench_step}

@@ -26,53 +26,45 @@ settings changed is redone with everything after it; --force starts over.
 --quick is the small version for CI: 160 videos, 4 pretraining epochs, probes on 2 clips per
 video (a few minutes on 2 CPU cores; the full demo is 480 videos and the preset's epochs).
 
-Exit status: 0 done, 2 bad settings, 1 bad data or checkpoints, 128 + signal number when
-SIGTERM / Ctrl-C stopped it (pretraining stops with a checkpoint; rerun to continue).
-
 Examples:
   cpd demo                       # into runs/demo
-  cpd demo runs/demo_ci --quick
-  cpd demo runs/demo --force --seed 1
+  cpd demo -o runs/demo_ci --quick
+  cpd demo -o runs/demo --force --seed 1
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from pathlib import Path
+
+from cpd.commands._options import EXIT_STOPPED, add_run_options
 
 HELP = "run the whole pipeline on the synthetic dataset: data, pretraining, evaluation, report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``cpd demo``."""
-    parser.add_argument("out", nargs="?", default="runs/demo", metavar="OUT",
-                        help="output directory (default runs/demo)")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
                         help="small version for CI: 160 videos, 4 pretraining epochs, "
                         "smaller probes")  # fmt: skip
     parser.add_argument("--force", action="store_true",
                         help="start over: delete the demo's earlier outputs in OUT first")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=2,
-                        help="processes rendering the videos and loading the evaluation "
-                        "videos (default 2)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the dataset, pretraining, probes and example queries "
-                        "(default 0)")  # fmt: skip
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default 0: torch's choice; 1 helps on a "
-                        "machine that other jobs keep busy)")  # fmt: skip
+    add_run_options(parser, out="runs/demo", legacy_out=True, device=False, seed=True,
+                    quiet=False)  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; see the module docstring for the exit statuses."""
-    from cpd.commands._training import error_status, stopped_status
+    from cpd.commands._options import exit_status, take_legacy_out
     from cpd.demo import DemoSettings, run_demo
     from cpd.errors import CPDError
-    from cpd.train.run import TrainingInterrupted
 
+    try:
+        take_legacy_out(args, "cpd demo", "runs/demo")
+    except CPDError as exc:
+        return exit_status("demo", exc)
     if min(args.workers, args.seed, args.threads) < 0:
         print("cpd demo: --workers, --seed and --threads must be >= 0", file=sys.stderr)
         return 2
@@ -85,13 +77,9 @@ def run(args: argparse.Namespace) -> int:
                             workers=args.workers, force=args.force)  # fmt: skip
     try:
         run_demo(settings)
-    except TrainingInterrupted as exc:
-        print(f"cpd demo: {exc}\ncpd demo: rerun `cpd demo {args.out}` to continue",
-              file=sys.stderr)  # fmt: skip
-        return stopped_status(exc)
-    except KeyboardInterrupt:  # outside pretraining, which stops with a checkpoint itself
-        print(f"cpd demo: interrupted; rerun `cpd demo {args.out}` to continue", file=sys.stderr)
-        return 128 + signal.SIGINT
-    except CPDError as exc:
-        return error_status("demo", exc)
+    except (CPDError, KeyboardInterrupt) as exc:
+        status = exit_status("demo", exc)
+        if status == EXIT_STOPPED:
+            print(f"cpd demo: rerun `cpd demo -o {args.out}` to continue", file=sys.stderr)
+        return status
     return 0

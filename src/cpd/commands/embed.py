@@ -8,8 +8,8 @@ Videos that fail to decode are skipped and listed in results.json. --num-frames,
 config.json, a training checkpoint's run config), else 8 frames, stride 4, crop 112, 30 fps,
 mean 0.45 / std 0.225; flags given win.
 
---captions takes a .txt file (one caption per line; ids = line numbers) or a caption manifest
-(ids = video ids) and needs a CPD model. A manifest is read as cpd pretrain and cpd retrieval
+--caption-file takes a .txt file (one caption per line; ids = line numbers), --manifest a
+video-caption manifest (its captions; ids = video ids); both need a CPD model. A manifest is read as cpd pretrain and cpd retrieval
 read it: --manifest-format (default auto; --format is the output format here), --video-key,
 --caption-key, --id-key, and --bad-rows skip (bad rows left out, written to OUT/bad_rows.jsonl).
 
@@ -28,7 +28,7 @@ is gathered to rank 0, which writes it at its rows: the files are the single-pro
 input order.
 
 Example:
-  cpd embed runs/synth/export --videos "data/synth/videos/*/*.mp4" --out emb/
+  cpd embed runs/synth/export --videos "data/synth/videos/*/*.mp4" -o emb/
 """
 
 from __future__ import annotations
@@ -38,13 +38,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cpd.commands.retrieval import (
-    add_manifest_arguments,
+from cpd.commands._evaluation import add_view_options, run_command
+from cpd.commands._options import (
+    add_deprecated,
+    add_manifest_options,
+    add_option,
+    add_run_options,
     manifest_options,
-    manifest_protocol,
-    report_manifest,
 )
-from cpd.eval.common import add_common_arguments, add_view_arguments, run_command
+from cpd.commands.retrieval import manifest_protocol, report_manifest
 
 HELP = "write video or text embeddings with their ids (.npy or safetensors)"
 
@@ -54,23 +56,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="CPD model or classifier")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--videos", nargs="+", metavar="VIDEO|GLOB|LIST", help="videos to embed")
-    what.add_argument("--captions", metavar="FILE", help="captions to embed (.txt or manifest)")
+    add_option(what, "manifest", metavar="FILE",
+               help="the captions of a video-caption manifest (ids = video ids)")  # fmt: skip
+    what.add_argument("--caption-file", metavar="FILE",
+                      help="captions to embed, one per line (.txt; ids = line numbers)")  # fmt: skip
     what.add_argument("--shards", metavar="SHARDS",
                       help="webdataset shards: their videos and (CPD model) captions")  # fmt: skip
-    parser.add_argument("--root", help="video root of a caption manifest (default: its folder)")
+    add_deprecated(what, "--captions", "--manifest or --caption-file", "captions_legacy")
     parser.add_argument("--format", default="npy", choices=("npy", "safetensors"),
                         help="output format (default npy)")  # fmt: skip
-    add_manifest_arguments(parser.add_argument_group("caption manifest"),
-                           format_flags=("--manifest-format",))  # fmt: skip
-    add_view_arguments(parser, clips=1, crops=1, frames=8)
-    add_common_arguments(parser)
-    parser.set_defaults(out="embeddings")
+    g = parser.add_argument_group("caption manifest")
+    add_manifest_options(g, manifest=False)
+    add_deprecated(g, "--root", "--video-root", "video_root")
+    add_view_options(parser, clips=1, crops=1, frames=8)
+    add_run_options(parser, out="runs/embed", batch_size=4)
+
+
+def _captions_input(args: argparse.Namespace) -> None:
+    """``args.captions`` (a manifest or a .txt file) and ``args.root`` from the options."""
+    legacy = getattr(args, "captions_legacy", None)
+    if legacy is not None:  # the old --captions took both kinds, told apart by the suffix
+        if Path(legacy).suffix.lower() == ".txt":
+            args.caption_file = legacy
+        else:
+            args.manifest = legacy
+    args.captions = args.manifest or args.caption_file
+    args.root = args.video_root
 
 
 def _run_shards(args: argparse.Namespace) -> int:
     """Videos (and captions, for a CPD model) of every sample of the shards, ids = keys."""
+    from cpd.commands._evaluation import view_protocol
     from cpd.commands._shards import run_on_shards
-    from cpd.eval.common import results_header, view_protocol, write_results
+    from cpd.eval.common import results_header, write_results
     from cpd.eval.shards import describe_row
 
     def write(env: Any, index: Any, chunks: Any, dims: dict[str, int]) -> Any:
@@ -151,16 +169,14 @@ def _write_pass(
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from cpd.data import ActionRecord
-    from cpd.eval.common import (
-        close_distributed,
-        init_distributed,
+    from cpd.commands._evaluation import (
+        per_process_batch,
         resolve_view_arguments,
-        results_header,
         view_options,
         view_protocol,
-        write_results,
     )
+    from cpd.data import ActionRecord
+    from cpd.eval.common import close_distributed, init_distributed, results_header, write_results
     from cpd.eval.embed import (
         expand_video_inputs,
         read_caption_inputs,
@@ -172,11 +188,11 @@ def _run(args: argparse.Namespace) -> int:
     from cpd.models import load_cpd_model, load_model
 
     manifest: dict = {}
-    if args.captions and Path(args.captions).suffix.lower() != ".txt":
+    if args.manifest:
         texts, ids, report = _read_manifest(args)
         skip_dir = args.out if args.bad_rows == "skip" else None
         manifest = {"protocol": manifest_protocol(args), "report": report, "dir": skip_dir}
-    elif args.captions:
+    elif args.caption_file:
         texts, ids = read_caption_inputs(args.captions, args.root)
     else:
         paths = ids = expand_video_inputs(args.videos)
@@ -195,7 +211,9 @@ def _run(args: argparse.Namespace) -> int:
                 records = [ActionRecord(i, p, p, 0, "", None) for i, p in enumerate(paths)]
                 dataset = multiview_dataset(records, **view_options(args))
                 name = "videos"
-                chunks = video_chunks(dataset, fn, env, dim=dim, batch_size=args.batch_size,
+                chunks = video_chunks(dataset, fn, env, dim=dim,
+                                      batch_size=per_process_batch(args.batch_size,
+                                                                   env.world_size),
                                       workers=args.workers)  # fmt: skip
             # a manifest's ids are the videos of its captions: several captions, one id
             written, failures = _write_pass(args, env, chunks, {name: dim}, capacity=len(ids),
@@ -240,4 +258,5 @@ def _read_manifest(args: argparse.Namespace) -> tuple[list[str], list[str], Any]
 
 def run(args: argparse.Namespace) -> int:
     """Embed; exit status 2 for bad input."""
+    _captions_input(args)
     return run_command("embed", _run_shards if args.shards else _run, args)

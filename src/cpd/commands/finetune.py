@@ -52,17 +52,14 @@ HELP = "finetune or linear-probe the video encoder on labelled actions (UCF101, 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``cpd finetune``."""
-    parser.add_argument("--config", metavar="FILE|PRESET",
-                        help="YAML config file or preset name (default: the paper's UCF101 "
-                        "recipe)")  # fmt: skip
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved configuration as YAML and exit")  # fmt: skip
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. model.init=runs/pre/export optim.lr=0.01")  # fmt: skip
+    from cpd.commands._training import add_training_options
+
+    add_training_options(parser, manifest=False, example="model.init=runs/pre/export optim.lr=0.01",
+                         config_help="YAML config file or preset name (default: the paper's UCF101 recipe)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
-    """Resolve the config and train; 2 for bad settings, 1 for bad data, 128+signal if stopped."""
+    """Resolve the config and train; the exit statuses are in ``--help``."""
     from cpd.commands._training import run_training
     from cpd.train.finetune_config import load_finetune_config
 

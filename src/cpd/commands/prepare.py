@@ -1,24 +1,24 @@
 """Prepare web videos the paper's way: middle 20 s, short side 256, H.264 mp4.
 
-Inputs: a caption manifest (--manifest: the Instagram-300k JSON with --video-dir holding the
-source files {id}.*, or a row manifest whose video paths are relative to --video-dir, default
+Inputs: a caption manifest (--manifest: the Instagram-300k JSON with --video-root holding the
+source files {id}.*, or a row manifest whose video paths are relative to --video-root, default
 its folder), or video files / directories / glob patterns (ids = file stems) with an optional
---captions manifest (Instagram ids, else the row's id, else the stem of its video, name the
+--caption-file manifest (Instagram ids, else the row's id, else the stem of its video, name the
 input's file stem).
 
-Manifests are read as cpd pretrain reads them: --format (default auto: from the content and
+Manifests are read as cpd pretrain reads them: --manifest-format (default auto: from the content and
 suffix; instagram, jsonl, json, csv, tsv, parquet), --video-key (a column, or a template over
 the columns such as '{page_dir}/{videoid}.mp4'), --caption-key and --id-key name the columns;
 --bad-rows skip leaves rows with problems out and writes them to OUT/bad_rows.jsonl
 (bad_rows.part-I-of-N.jsonl with --part) instead of stopping. WebVid's results.csv:
-  cpd prepare --manifest results.csv --video-dir webvid/ --video-key '{page_dir}/{videoid}.mp4'
+  cpd prepare --manifest results.csv --video-root webvid/ --video-key '{page_dir}/{videoid}.mp4'
       --caption-key name --id-key videoid -o OUT --shards
 
 Writes OUT/videos/trimmed_resize_{id}.mp4, OUT/captions.jsonl (for
 `cpd pretrain data.manifest=OUT/captions.jsonl`), OUT/failures.jsonl (each failed input with
 its reason) and OUT/results.json (counts and settings). A rerun skips finished videos and redoes
 interrupted ones. Like the official preprocessing, videos smaller than the short side are
-upscaled; --no-upscale keeps them. Exit status: 0 all prepared, 1 some failed, 2 bad arguments.
+upscaled; --no-upscale keeps them. Exit status: 0 all prepared, 1 some failed, 2 bad input.
 
 --shards writes webdataset shards in video2dataset's layout instead: OUT/00000.tar
 ({key}.mp4, {key}.txt, {key}.json), OUT/00000.parquet (every input of the shard, failed ones
@@ -37,6 +37,7 @@ import os
 import sys
 from typing import Any
 
+from cpd.commands._options import add_deprecated, add_manifest_options, add_run_options
 from cpd.errors import CPDError
 
 
@@ -44,12 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``cpd prepare``."""
     parser.add_argument("inputs", nargs="*", metavar="VIDEO",
                         help="video files, directories or glob patterns (or use --manifest)")  # fmt: skip
-    parser.add_argument("-o", "--out", required=True, help="output directory (created)")
-    parser.add_argument("--manifest", help="caption manifest (Instagram JSON, JSON Lines, JSON "
-                        "list, CSV, TSV or Parquet)")  # fmt: skip
-    parser.add_argument("--video-dir", help="where the manifest's source videos are")
-    parser.add_argument("--captions", help="captions for VIDEO inputs, keyed by file stem")
-    add_manifest_arguments(parser)
+    g = parser.add_argument_group("reading the manifest (as cpd pretrain reads it)")
+    add_manifest_options(g)
+    g.add_argument("--caption-file", metavar="FILE",
+                   help="captions for VIDEO inputs: a manifest keyed by file stem")  # fmt: skip
+    add_deprecated(g, "--video-dir", "--video-root", "video_root")
+    add_deprecated(g, "--captions", "--caption-file", "caption_file")
+    add_deprecated(g, "--format", "--manifest-format", "manifest_format")
     parser.add_argument("--seconds", type=float, default=20.0,
                         help="keep the middle this many seconds (default 20; 0 = whole)")  # fmt: skip
     parser.add_argument("--short-side", type=int, default=256, help="short side (default 256)")
@@ -59,8 +61,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="medium", help="x264 preset (default medium)")
     parser.add_argument("--keyframe-seconds", type=float, default=1.0,
                         help="keyframe interval in seconds (default 1)")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="worker processes (default: the CPU count)")  # fmt: skip
     parser.add_argument("--shards", action="store_true",
                         help="write webdataset tar shards (video2dataset's layout), not files")  # fmt: skip
     parser.add_argument("--shard-size", type=int, metavar="N",
@@ -70,28 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--part", metavar="I/N",
                         help="do part I (0-based) of N: shards (or inputs) s with s %% N == I")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="redo videos already prepared")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_options(parser, out_required=True, device=False, workers=os.cpu_count() or 1,
+                    threads=False)  # fmt: skip
 
 
-def add_manifest_arguments(parser: argparse.ArgumentParser) -> None:
-    """How to read --manifest / --captions, as ``cpd pretrain`` and ``cpd retrieval`` do."""
-    from cpd.data.manifests import FORMATS
-
-    g = parser.add_argument_group("reading the manifest (as cpd pretrain reads it)")
-    g.add_argument("--format", default="auto", choices=("auto", *FORMATS),
-                   help=f"manifest format: auto (default: from the content and suffix), "
-                   f"{', '.join(FORMATS)}")  # fmt: skip
-    g.add_argument("--video-key", default="video",
-                   help="column of the video path relative to --video-dir, or a template over "
-                   "the columns, e.g. '{page_dir}/{videoid}.mp4' (default: video)")  # fmt: skip
-    g.add_argument("--caption-key", default="caption", help="caption column (default caption)")
-    g.add_argument("--id-key", default="id", help="video-id column (default id; optional)")
-    g.add_argument("--bad-rows", default="error", choices=("error", "skip"),
-                   help="error (default): one error listing every bad manifest row; skip: "
-                   "leave them out and write them to OUT/bad_rows.jsonl")  # fmt: skip
-
-
-MANIFEST_DEFAULTS = {"format": "auto", "video_key": "video", "caption_key": "caption",
+MANIFEST_DEFAULTS = {"manifest_format": "auto", "video_key": "video", "caption_key": "caption",
                      "id_key": "id", "bad_rows": "error"}  # fmt: skip
 
 
@@ -148,12 +131,12 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.manifest) == bool(args.inputs):
         return fail("give either --manifest or VIDEO inputs (files, directories, globs)")
-    if args.captions and args.manifest:
-        return fail("--captions goes with VIDEO inputs; a manifest carries its own captions")
+    if args.caption_file and args.manifest:
+        return fail("--caption-file goes with VIDEO inputs; a manifest carries its own captions")
     given = [k for k, v in MANIFEST_DEFAULTS.items() if getattr(args, k) != v]
-    if given and not (args.manifest or args.captions):
+    if given and not (args.manifest or args.caption_file):
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        return fail(f"{flags}: options of --manifest or --captions, and neither is given")
+        return fail(f"{flags}: options of --manifest or --caption-file, and neither is given")
     if args.workers < 1:
         return fail(f"--workers must be >= 1, got {args.workers}")
     if args.shard_size is not None and not args.shards:
@@ -173,11 +156,11 @@ def run(args: argparse.Namespace) -> int:
                                    "report": report}  # fmt: skip
         if args.bad_rows == "skip":  # one file per part: parts may share OUT
             options["bad_rows_file"] = os.path.join(args.out, part.file_name("bad_rows", ".jsonl"))
-        manifest_format = None if args.format == "auto" else args.format
+        manifest_format = None if args.manifest_format == "auto" else args.manifest_format
         if args.manifest:
-            jobs = jobs_from_manifest(args.manifest, args.video_dir, manifest_format, **options)
+            jobs = jobs_from_manifest(args.manifest, args.video_root, manifest_format, **options)
         else:
-            jobs = jobs_from_paths(args.inputs, args.captions, manifest_format, **options)
+            jobs = jobs_from_paths(args.inputs, args.caption_file, manifest_format, **options)
         _report_manifest(report, options.get("bad_rows_file"))
         if not jobs:
             return fail("no input videos found")

@@ -52,23 +52,14 @@ HELP = "pretrain the video encoder on video-caption pairs (CPD)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``cpd pretrain``."""
-    parser.add_argument(
-        "--config",
-        metavar="FILE|PRESET",
-        help="YAML config file or preset name (default: the built-in defaults = the paper)",
-    )
-    parser.add_argument(
-        "--print-config",
-        action="store_true",
-        help="print the resolved configuration as YAML and exit",
-    )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=0.05"
-    )
+    from cpd.commands._training import add_training_options
+
+    add_training_options(parser, manifest=True, example="optim.lr=0.05",
+                         config_help="YAML config file or preset name (default: the built-in defaults = the paper)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
-    """Resolve the config and train; 2 for bad settings, 1 for bad data, 128+signal if stopped."""
+    """Resolve the config and train; the exit statuses are in ``--help``."""
     from cpd.commands._training import run_training
     from cpd.train.config import load_pretrain_config
 

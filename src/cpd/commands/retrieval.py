@@ -1,6 +1,6 @@
 """Text-to-video and video-to-text retrieval on a captioned set: R@1/5/10, median / mean rank.
 
-Captions come from a manifest (--captions: .jsonl / .csv / Instagram .json, as cpd pretrain
+Captions come from a manifest (--manifest: .jsonl / .csv / Instagram .json, as cpd pretrain
 reads them) filtered to --split (default val); several captions of one video (same path) are
 grouped: text->video asks for the caption's video, video->text for the best-ranked of the
 video's captions. Video embeddings are the renormalised mean over --num-clips x --num-crops
@@ -16,9 +16,9 @@ preprocessing (an export's config.json, a training checkpoint's run config: the 
 model was trained on), else 8 frames, stride 4, crop 112, 30 fps, mean 0.45 / std 0.225;
 flags given win, and results.json records where each value came from.
 
-CHECKPOINT must be a CPD model with its text tower. Writes results.json to --out.
+CHECKPOINT must be a CPD model with its text tower. Writes results.json to -o/--out (default runs/retrieval).
 
-The manifest is read as cpd pretrain reads it: --format (alias --manifest-format; default auto,
+The manifest is read as cpd pretrain reads it: --manifest-format (default auto,
 from the content and suffix), --video-key (a column, or a template over the columns such as
 '{videoid}.mp4'), --caption-key and --id-key name its columns; rows whose `status` is not
 "success" (video2dataset) are left out and counted; --bad-rows skip leaves rows with problems
@@ -28,8 +28,8 @@ out, counts them and writes them to OUT/bad_rows.jsonl instead of stopping.
 "caption" in {key}.json); each sample's caption is the query for its own video.
 
 Examples:
-  cpd retrieval runs/synth/export --captions data/synth/captions.jsonl --root data/synth
-  cpd retrieval runs/synth/export --shards "val_shards/{00000..00003}.tar" --out eval/ret
+  cpd retrieval runs/synth/export --manifest data/synth/captions.jsonl
+  cpd retrieval runs/synth/export --shards "val_shards/{00000..00003}.tar" -o eval/ret
 """
 
 from __future__ import annotations
@@ -39,7 +39,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cpd.eval.common import add_common_arguments, add_view_arguments, pct, run_command
+from cpd.commands._evaluation import add_view_options, run_command
+from cpd.commands._options import (
+    add_deprecated,
+    add_manifest_options,
+    add_run_options,
+    manifest_options,
+)
+from cpd.eval.common import pct
 
 HELP = "text<->video retrieval (R@1/5/10, median / mean rank) on a captioned set"
 
@@ -48,43 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``cpd retrieval``."""
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="CPD model with text tower")
     g = parser.add_argument_group("captions")
-    g.add_argument("--captions", help="caption manifest (.jsonl, .csv, .json)")
+    add_manifest_options(g)
     g.add_argument("--shards", help="or webdataset shards (a directory, a brace pattern, a URL): "
                    "each sample's video against its own caption")  # fmt: skip
-    g.add_argument("--root", help="video root (default: the manifest's folder)")
-    g.add_argument("--split", default="val", help="manifest split to use; 'all' for every pair")
-    add_manifest_arguments(g, format_flags=("--format", "--manifest-format"))
+    g.add_argument("--split", default="val", metavar="NAME",
+                   help="manifest split to use (default val); all: every pair")  # fmt: skip
     g.add_argument("--chunk-size", type=int, default=4096, help="query rows per similarity block")
-    add_view_arguments(parser, clips=1, crops=1, frames=8)
-    add_common_arguments(parser)
-
-
-def add_manifest_arguments(
-    group: argparse._ArgumentGroup | argparse.ArgumentParser, format_flags: tuple[str, ...]
-) -> None:
-    """The options that say how to read a caption manifest (``cpd retrieval``, ``cpd embed``):
-    its format, the columns of its videos, captions and ids, and what to do with bad rows."""
-    from cpd.data.manifests import FORMATS
-
-    group.add_argument(*format_flags, dest="manifest_format", default="auto", metavar="FORMAT",
-                       choices=("auto", *FORMATS),
-                       help=f"manifest format: auto (default: from the content and suffix), "
-                       f"{', '.join(FORMATS)}")  # fmt: skip
-    group.add_argument("--video-key", default="video",
-                       help="column of the video path relative to --root, or a template over the "
-                       "columns, e.g. '{videoid}.mp4' (default: video)")  # fmt: skip
-    group.add_argument("--caption-key", default="caption", help="caption column (default caption)")
-    group.add_argument("--id-key", default="id", help="video-id column (default id; optional)")
-    group.add_argument("--bad-rows", default="error", choices=("error", "skip"),
-                       help="error (default): one error listing every bad manifest row; skip: "
-                       "leave them out, count them and write them to OUT/bad_rows.jsonl")  # fmt: skip
-
-
-def manifest_options(args: argparse.Namespace) -> dict[str, Any]:
-    """:func:`cpd.data.read_caption_manifest` keyword arguments from the manifest options."""
-    return {"format": None if args.manifest_format == "auto" else args.manifest_format,
-            "video_key": args.video_key, "caption_key": args.caption_key,
-            "id_key": args.id_key, "bad_rows": args.bad_rows}  # fmt: skip
+    add_deprecated(g, "--captions", "--manifest", "manifest")
+    add_deprecated(g, "--root", "--video-root", "video_root")
+    add_deprecated(g, "--format", "--manifest-format", "manifest_format")
+    add_view_options(parser, clips=1, crops=1, frames=8)
+    add_run_options(parser, out="runs/retrieval", batch_size=4)
 
 
 def manifest_protocol(args: argparse.Namespace) -> dict[str, Any]:
@@ -139,9 +120,10 @@ def format_results(m: dict) -> str:
 
 def _run_shards(args: argparse.Namespace) -> int:
     """Retrieval among the samples of shards: caption ``i`` belongs to video ``i``."""
+    from cpd.commands._evaluation import view_protocol
     from cpd.commands._shards import embed_shard_samples
     from cpd.errors import DataError
-    from cpd.eval.common import results_header, view_protocol, write_results
+    from cpd.eval.common import results_header, write_results
     from cpd.eval.retrieval import retrieval_metrics
 
     env, sources, got = embed_shard_samples(args, cpd_only=True)
@@ -155,8 +137,7 @@ def _run_shards(args: argparse.Namespace) -> int:
                            "chunk_size": args.chunk_size}  # fmt: skip
     results.update(seeds=None, metrics=metrics, num_failed=len(got.missing),
                    failed=[{"row": r} for r in got.missing])  # fmt: skip
-    if args.out:
-        write_results(args.out, results)
+    write_results(args.out, results)
     print(format_results(metrics))
     if got.missing:
         print(f"{len(got.missing)} of {got.total} samples could not be read or decoded and were "
@@ -167,33 +148,29 @@ def _run_shards(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
+    from cpd.commands._evaluation import (
+        per_process_batch,
+        resolve_view_arguments,
+        view_options,
+        view_protocol,
+    )
     from cpd.data import read_caption_manifest
     from cpd.data.manifests import ManifestReport
     from cpd.errors import DataError
-    from cpd.eval.common import (
-        close_distributed,
-        init_distributed,
-        resolve_view_arguments,
-        results_header,
-        view_options,
-        view_protocol,
-        write_results,
-    )
+    from cpd.eval.common import close_distributed, init_distributed, results_header, write_results
     from cpd.eval.embed import embed_texts
     from cpd.eval.multiview import collect_video_outputs, multiview_dataset
     from cpd.eval.retrieval import retrieval_metrics
     from cpd.eval.zeroshot import video_embedding_fn
     from cpd.models import load_cpd_model
 
-    root = args.root or Path(args.captions).parent
+    root = args.video_root or Path(args.manifest).parent
     split = None if args.split == "all" else args.split
-    if args.bad_rows == "skip" and not args.out:
-        raise DataError("--bad-rows skip needs --out (the folder that receives bad_rows.jsonl)")
     report = ManifestReport()
-    records = read_caption_manifest(args.captions, root, split, **manifest_options(args),
+    records = read_caption_manifest(args.manifest, root, split, **manifest_options(args),
                                     report=report)  # fmt: skip
     if not records:
-        raise DataError(f"{args.captions}: no captions in split {args.split!r}")
+        raise DataError(f"{args.manifest}: no captions in split {args.split!r}")
     videos, text_to_video = group_by_video(records)
     env = init_distributed(args.device, args.quiet)
     try:
@@ -202,7 +179,9 @@ def _run(args: argparse.Namespace) -> int:
         with torch.inference_mode():
             dataset = multiview_dataset(videos, **view_options(args))
             out = collect_video_outputs(dataset, video_embedding_fn(model), env,
-                                        dim=model.embed_dim, batch_size=args.batch_size,
+                                        dim=model.embed_dim,
+                                        batch_size=per_process_batch(args.batch_size,
+                                                                     env.world_size),
                                         workers=args.workers, desc="videos")  # fmt: skip
             text_emb = embed_texts(model, [r.caption for r in records], env)
     finally:
@@ -220,7 +199,7 @@ def _run(args: argparse.Namespace) -> int:
                                 text_to_video=new_id[t2v[keep_text]],
                                 chunk_size=args.chunk_size)  # fmt: skip
     results = results_header("retrieval", args.checkpoint, env)
-    results["protocol"] = {"captions": args.captions, "split": args.split,
+    results["protocol"] = {"manifest": args.manifest, "split": args.split,
                            **view_protocol(args, sources), "chunk_size": args.chunk_size}  # fmt: skip
     results["protocol"]["root"] = str(root)
     results["protocol"].update(manifest_protocol(args))
@@ -229,8 +208,7 @@ def _run(args: argparse.Namespace) -> int:
     results["metrics"] = metrics
     results["num_failed"] = len(out.failed)
     results["failed"] = [{"path": p, "reason": r} for p, r in out.failed.values()]
-    if args.out:
-        write_results(args.out, results)
+    write_results(args.out, results)
     print(format_results(metrics))
     if out.failed:
         print(f"{len(out.failed)} videos failed to decode and were left out", file=sys.stderr)
@@ -239,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate; exit status 2 for bad input."""
-    if bool(args.captions) == bool(args.shards):
-        print("cpd retrieval: give exactly one of --captions and --shards", file=sys.stderr)
+    if bool(args.manifest) == bool(args.shards):
+        print("cpd retrieval: error: give exactly one of --manifest and --shards", file=sys.stderr)
         return 2
     return run_command("retrieval", _run_shards if args.shards else _run, args)

@@ -5,7 +5,7 @@ one of eight motions (MovingLeft/Right/Up/Down, RotatingClockwise/Counterclockwi
 Shrinking), as H.264 mp4 files with natural captions. Each sampled appearance is rendered with
 several motions, so pretraining must learn motion, not only appearance.
 
-Writes OUT/captions.jsonl (video-caption pairs, train/val), OUT/videos/<Motion>/*.mp4,
+Writes to -o/--out OUT (default data/synth; created, must be empty): OUT/captions.jsonl (video-caption pairs, train/val), OUT/videos/<Motion>/*.mp4,
 OUT/ucfTrainTestlist/ (the motion classes in UCF101's layout), OUT/results.json (the summary
 printed) and, last, OUT/dataset.json (metadata; "hflip": false, recommended clip settings).
 """
@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cpd.commands._options import add_run_options, take_legacy_out
 from cpd.errors import CPDError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``cpd synth``."""
-    parser.add_argument("out", metavar="OUT", help="output directory (created; must be empty)")
     parser.add_argument("--num-videos", type=int, default=480, help="videos in all (default 480)")
-    parser.add_argument("--seed", type=int, default=0, help="the output depends only on it")
-    parser.add_argument("--workers", type=int, default=2, help="render processes (default 2)")
     parser.add_argument("--width", type=int, default=128, help="frame width (default 128)")
     parser.add_argument("--height", type=int, default=128, help="frame height (default 128)")
     parser.add_argument("--num-frames", type=int, default=75, help="frames per video (default 75)")
@@ -33,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2,
                         help="fraction of appearance groups held out for val (default 0.2)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="overwrite a non-empty OUT")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_options(parser, out="data/synth", legacy_out=True, device=False, seed=True,
+                    threads=False)  # fmt: skip
 
 
 def format_summary(summary: dict) -> str:
@@ -56,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from cpd.data.synthetic import write_synthetic_dataset
 
     try:
+        take_legacy_out(args, "cpd synth", "data/synth")
         summary = write_synthetic_dataset(
             args.out, num_videos=args.num_videos, seed=args.seed, workers=args.workers,
             width=args.width, height=args.height, num_frames=args.num_frames, fps=args.fps,

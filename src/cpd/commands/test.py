@@ -5,7 +5,7 @@ the paper's protocol; short side resized to --crop-size, crops along the long si
 video's score is the mean of its views' raw logits, as the official test.py averages them
 (--scores softmax: the mean of the views' softmax probabilities instead); its prediction is
 the argmax. Reported per split: video-level top-1 / top-5, mean class accuracy; with several
---split values also their mean ± std (the paper's "average of 3 splits", sample std).
+--fold values also their mean ± std (the paper's "average of 3 splits", sample std).
 
 Clip geometry and normalisation (--num-frames, --stride, --crop-size, --fps, --mean, --std)
 default to what the checkpoint records: an export's config.json "preprocessing" (written by
@@ -21,7 +21,7 @@ it (cpd finetune) or classify zero-shot (cpd zeroshot).
 Videos that fail to decode are not replaced: they are counted and listed in results.json and
 the table, and accuracies are over the videos that were evaluated.
 
-Writes to --out: results.json (metrics, protocol, checkpoint, version), and per split
+Writes to -o/--out (default runs/test): results.json (metrics, protocol, checkpoint, version), and per split
 predictions_split<N>.csv (video_id, true_label, predicted_label, correct, top5, status; one
 row per test video), scores_split<N>.npy (float32 [videos, classes], NaN rows for failures),
 confusion_split<N>.png.
@@ -32,13 +32,13 @@ evaluated (the official test.py writes topk(k=1) of the mean logits; main.py dum
 <result_path>/val.json). Name it DIR/val.json and the official scorer reads it:
   python evaluation/evaluate_ucf101.py --dataset ucf101_01.json --pred_results DIR
 That scorer counts videos without a prediction (here: videos that failed to decode) as wrong.
-With several --split values PATH must hold {split} (e.g. eval/split{split}/val.json).
+With several --fold values PATH must hold {split} (e.g. eval/split{split}/val.json).
 
 Several processes: torchrun --nproc_per_node N -m cpd test ... gives each process whole videos
 and gathers the scores exactly: the result equals one process's.
 
 Example:
-  cpd test runs/ft/export --dataset ucf101 --video-root /data/UCF-101 --split 1 2 3 --out eval/ \
+  cpd test runs/ft/export --dataset ucf101 --video-root /data/UCF-101 --fold 1 2 3 -o eval/ \
       --official-json eval/official{split}/val.json
 """
 
@@ -52,13 +52,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cpd.eval.common import (
-    add_common_arguments,
-    add_dataset_arguments,
-    add_view_arguments,
-    pct,
-    run_command,
-)
+from cpd.commands._evaluation import add_dataset_options, add_view_options, run_command
+from cpd.commands._options import add_run_options
+from cpd.eval.common import pct
 
 HELP = "multi-view (10x3) action recognition test of a finetuned classifier"
 
@@ -66,8 +62,8 @@ HELP = "multi-view (10x3) action recognition test of a finetuned classifier"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``cpd test``."""
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="classifier to test")
-    add_dataset_arguments(parser, several_splits=True)
-    add_view_arguments(parser, clips=10, crops=3)
+    add_dataset_options(parser, several_folds=True)
+    add_view_options(parser, clips=10, crops=3)
     parser.add_argument("--scores", default="logits", choices=("logits", "softmax"),
                         help="what is averaged over a video's views: logits (default; the "
                         "official test.py's mean of the raw outputs) or softmax (mean of the "
@@ -75,9 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--official-json", metavar="PATH",
                         help="also write the official prediction JSON ({'results': {video_id: "
                         "[{'label', 'score'}]}}, top-1) that evaluation/evaluate_ucf101.py "
-                        "scores; name it DIR/val.json; {split} in PATH is the split number "
-                        "(needed with several --split values)")  # fmt: skip
-    add_common_arguments(parser)
+                        "scores; name it DIR/val.json; {split} in PATH is the fold number "
+                        "(needed with several --fold values)")  # fmt: skip
+    add_run_options(parser, out="runs/test", batch_size=4)
 
 
 def load_classifier(path: str, device: Any) -> Any:
@@ -140,7 +136,7 @@ def official_json_path(template: str, split_no: int, several: bool) -> Path:
     from cpd.errors import DataError
 
     if several and "{split}" not in template:
-        raise DataError("--official-json with several --split values needs {split} in the path "
+        raise DataError("--official-json with several --fold values needs {split} in the path "
                         "(e.g. eval/split{split}/val.json)")  # fmt: skip
     return Path(template.replace("{split}", str(split_no)))
 
@@ -150,8 +146,8 @@ def evaluate_split(model: Any, args: argparse.Namespace, env: Any, split_no: int
     import numpy as np
     import torch
 
+    from cpd.commands._evaluation import load_split_of, per_process_batch, view_options
     from cpd.errors import DataError
-    from cpd.eval.common import load_action_split, view_options
     from cpd.eval.multiview import (
         classification_metrics,
         classifier_scores,
@@ -160,15 +156,16 @@ def evaluate_split(model: Any, args: argparse.Namespace, env: Any, split_no: int
     )
     from cpd.eval.plots import plot_confusion_matrix
 
-    split = load_action_split(args, split_no)
+    split = load_split_of(args, split_no)
     if not len(split):
-        raise DataError(f"split {split_no}: no {args.subset} videos")
+        raise DataError(f"split {split_no}: no {args.split} videos")
     if split.num_classes != model.num_classes:
         raise DataError(f"split {split_no} has {split.num_classes} classes but the classifier "
                         f"has {model.num_classes} outputs")  # fmt: skip
     dataset = multiview_dataset(split.records, **view_options(args))
     outputs = collect_video_outputs(dataset, classifier_scores(model, args.scores), env,
-                                    dim=model.num_classes, batch_size=args.batch_size,
+                                    dim=model.num_classes,
+                                    batch_size=per_process_batch(args.batch_size, env.world_size),
                                     workers=args.workers, desc=f"test split {split_no}")  # fmt: skip
     ok = outputs.ok
     labels = torch.tensor([r.label for r in split.records])
@@ -181,7 +178,7 @@ def evaluate_split(model: Any, args: argparse.Namespace, env: Any, split_no: int
     else:
         result.update(top1=float("nan"), top5=float("nan"), mean_class_accuracy=float("nan"))
     if env.main and args.official_json:
-        path = official_json_path(args.official_json, split_no, len(args.split or [1]) > 1)
+        path = official_json_path(args.official_json, split_no, len(args.fold) > 1)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(official_predictions(split, outputs)) + "\n", encoding="utf-8")
         result["official_json"] = str(path)
@@ -219,24 +216,18 @@ def format_results(splits: list[dict], summary: dict | None) -> str:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from cpd.eval.common import (
-        close_distributed,
-        init_distributed,
-        resolve_view_arguments,
-        results_header,
-        view_protocol,
-        write_results,
-    )
+    from cpd.commands._evaluation import resolve_view_arguments, view_protocol
+    from cpd.eval.common import close_distributed, init_distributed, results_header, write_results
     from cpd.eval.metrics import mean_std
 
-    if args.official_json and len(args.split or [1]) > 1:
+    if args.official_json and len(args.fold) > 1:
         official_json_path(args.official_json, 1, several=True)  # fail before any work
     env = init_distributed(args.device, args.quiet)
     try:
         model = load_classifier(args.checkpoint, env.device)
         sources = resolve_view_arguments(args, model)
         with torch.inference_mode():
-            splits = [evaluate_split(model, args, env, s) for s in (args.split or [1])]
+            splits = [evaluate_split(model, args, env, s) for s in args.fold]
     finally:
         close_distributed(env)
     summary = None
@@ -249,14 +240,13 @@ def _run(args: argparse.Namespace) -> int:
     if not env.main:
         return 0
     results = results_header("test", args.checkpoint, env)
-    results["protocol"] = {"dataset": args.dataset, "subset": args.subset,
+    results["protocol"] = {"dataset": args.dataset, "folds": list(args.fold), "split": args.split,
                            **view_protocol(args, sources), "scores": args.scores}  # fmt: skip
     results["protocol"].update(score_average="mean over views", seeds=None,
                                accuracy_over="videos that decoded")  # fmt: skip
     results["splits"] = {str(s["split"]): s for s in splits}
     results["mean_over_splits"] = summary
-    if args.out:
-        write_results(args.out, results)
+    write_results(args.out, results)
     print(format_results(splits, summary))
     if any(s["num_failed"] for s in splits):
         print("some videos failed to decode and were left out: see results.json", file=sys.stderr)

@@ -17,7 +17,7 @@ drawn from the seed pair (--seed, i), recorded with the held-out classes), each 
 classes only, reported as mean ± std. Chance levels are printed beside every figure.
 
 CHECKPOINT must be a CPD model with its text tower (an export, a cpd pretrain checkpoint or
-an official pretraining checkpoint). Writes results.json to --out. Several processes:
+an official pretraining checkpoint). Writes results.json to -o/--out (default runs/zeroshot). Several processes:
 torchrun --nproc_per_node N -m cpd zeroshot ... (exact, as cpd test).
 
 Example:
@@ -30,13 +30,9 @@ import argparse
 import sys
 from typing import Any
 
-from cpd.eval.common import (
-    add_common_arguments,
-    add_dataset_arguments,
-    add_view_arguments,
-    pct,
-    run_command,
-)
+from cpd.commands._evaluation import add_dataset_options, add_view_options, run_command
+from cpd.commands._options import add_run_options
+from cpd.eval.common import pct
 
 HELP = "zero-shot action recognition from class-name text (all classes, random 50/50 splits)"
 
@@ -44,14 +40,13 @@ HELP = "zero-shot action recognition from class-name text (all classes, random 5
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``cpd zeroshot``."""
     parser.add_argument("checkpoint", metavar="CHECKPOINT", help="CPD model with text tower")
-    add_dataset_arguments(parser, several_splits=False)
-    add_view_arguments(parser, clips=1, crops=1, frames=8)
+    add_dataset_options(parser, several_folds=False)
+    add_view_options(parser, clips=1, crops=1, frames=8)
     g = parser.add_argument_group("zero-shot")
     g.add_argument("--templates", help="prompt templates file, one per line with one {}")
     g.add_argument("--random-splits", type=int, default=0, metavar="N",
                    help="also evaluate N random 50/50 class splits (default 0)")  # fmt: skip
-    g.add_argument("--seed", type=int, default=0, help="seed of the random class splits")
-    add_common_arguments(parser)
+    add_run_options(parser, out="runs/zeroshot", seed=True, batch_size=4)
 
 
 def format_results(results: dict) -> str:
@@ -75,17 +70,15 @@ def format_results(results: dict) -> str:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from cpd.errors import DataError
-    from cpd.eval.common import (
-        close_distributed,
-        init_distributed,
-        load_action_split,
+    from cpd.commands._evaluation import (
+        load_split_of,
+        per_process_batch,
         resolve_view_arguments,
-        results_header,
         view_options,
         view_protocol,
-        write_results,
     )
+    from cpd.errors import DataError
+    from cpd.eval.common import close_distributed, init_distributed, results_header, write_results
     from cpd.eval.metrics import mean_std
     from cpd.eval.multiview import collect_video_outputs, multiview_dataset
     from cpd.eval.zeroshot import (
@@ -99,10 +92,10 @@ def _run(args: argparse.Namespace) -> int:
     from cpd.models import load_cpd_model
 
     templates = read_templates(args.templates) if args.templates else list(DEFAULT_TEMPLATES)
-    split_no = args.split or 1
-    split = load_action_split(args, split_no)
+    split_no = args.fold
+    split = load_split_of(args, split_no)
     if not len(split):
-        raise DataError(f"split {split_no}: no {args.subset} videos")
+        raise DataError(f"split {split_no}: no {args.split} videos")
     env = init_distributed(args.device, args.quiet)
     try:
         model = load_cpd_model(args.checkpoint, env.device)
@@ -111,7 +104,9 @@ def _run(args: argparse.Namespace) -> int:
             class_emb = class_text_embeddings(model.encode_text, split.classes, templates).cpu()
             dataset = multiview_dataset(split.records, **view_options(args))
             out = collect_video_outputs(dataset, video_embedding_fn(model), env,
-                                        dim=model.embed_dim, batch_size=args.batch_size,
+                                        dim=model.embed_dim,
+                                        batch_size=per_process_batch(args.batch_size,
+                                                                     env.world_size),
                                         workers=args.workers, desc="zero-shot")  # fmt: skip
     finally:
         close_distributed(env)
@@ -124,9 +119,9 @@ def _run(args: argparse.Namespace) -> int:
     emb = out.values[ok]
     results = results_header("zeroshot", args.checkpoint, env)
     held_out = random_class_splits(split.num_classes, args.random_splits, args.seed)
-    results["protocol"] = {"dataset": args.dataset, "subset": args.subset,
+    results["protocol"] = {"dataset": args.dataset, "split": args.split,
                            **view_protocol(args, sources)}  # fmt: skip
-    results["protocol"].update(split=split_no, templates=templates, seed=args.seed,
+    results["protocol"].update(fold=split_no, templates=templates, seed=args.seed,
                                random_splits=args.random_splits,
                                class_texts=_texts(split.classes))  # fmt: skip
     results["seeds"] = {"random_splits": [[args.seed, i] for i in range(args.random_splits)]}
@@ -142,8 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         for m in ("top1", "top5", "chance_top1", "chance_top5"):
             mean[m], mean[m + "_std"] = mean_std(s[m] for s in results["random_splits"])
         results["random_splits_mean"] = mean
-    if args.out:
-        write_results(args.out, results)
+    write_results(args.out, results)
     print(format_results(results))
     if out.failed:
         print(f"{len(out.failed)} videos failed to decode and were left out", file=sys.stderr)

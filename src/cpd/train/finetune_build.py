@@ -1,5 +1,5 @@
 """``cpd finetune``'s data and classifier: the labelled split, clip settings, and the encoder of
-``model.init`` with a new classifier; the optimizer and the lr schedule's factor.
+``model.init`` with a new classifier; the optimizer.
 """
 
 from __future__ import annotations
@@ -46,15 +46,11 @@ class FinetuneData:
 
 
 def load_split(cfg: FinetuneDataConfig, subset: str) -> ActionSplit:
-    """The ``subset`` ("train" / "test") records of ``data.split`` (via ``cpd test``'s reader)."""
-    import argparse
+    """The ``subset`` ("train" / "test") records of ``data.split`` (:mod:`cpd.data.action_sets`)."""
+    from cpd.data.action_sets import load_action_dataset
 
-    from cpd.eval.common import load_action_split
-
-    args = argparse.Namespace(dataset=cfg.dataset, video_root=cfg.video_root,
-                              split_dir=cfg.split_dir, csv=cfg.csv, classes=cfg.classes,
-                              subset=subset)  # fmt: skip
-    split = load_action_split(args, cfg.split)
+    split = load_action_dataset(cfg.dataset, cfg.split, subset, video_root=cfg.video_root,
+                                split_dir=cfg.split_dir, csv=cfg.csv, classes=cfg.classes)  # fmt: skip
     if not len(split):
         raise DataError(f"data: no {subset} videos in split {cfg.split} of {cfg.dataset}")
     return split
@@ -206,8 +202,3 @@ def build_optimizer(cfg: FinetuneConfig, model: nn.Module) -> torch.optim.SGD:
               for n, ps, wd in (("main", decay, o.weight_decay), ("no_decay", no_decay, 0.0))
               if ps]  # fmt: skip
     return torch.optim.SGD(groups, lr=lr, momentum=o.momentum, nesterov=o.nesterov)
-
-
-def lr_factor(cfg: FinetuneConfig, epoch_float: float) -> float:
-    """The step / cosine schedules' multiplier of ``optim.lr`` at a (fractional) epoch."""
-    return cfg.schedule.factor(epoch_float)
