@@ -33,7 +33,7 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 def demo(tmp_path_factory):
     """One ``cpd demo --quick`` run: (OUT, exit status, stdout)."""
     out = tmp_path_factory.mktemp("demo") / "out"
-    code, stdout = run_cli(["demo", str(out), "--quick", "--threads", "1"])
+    code, stdout = run_cli(["demo", "-o", str(out), "--quick", "--threads", "1"])
     return out, code, stdout
 
 
@@ -76,7 +76,7 @@ def test_rerun_reuses_data_and_pretraining(demo):
     dataset_mtime = (out / "data" / "dataset.json").stat().st_mtime_ns
     checkpoint_mtime = (out / "pretrain" / "last.pt").stat().st_mtime_ns
     log = (out / "pretrain" / "metrics.jsonl").read_text()
-    code, stdout = run_cli(["demo", str(out), "--quick", "--threads", "1"])
+    code, stdout = run_cli(["demo", "-o", str(out), "--quick", "--threads", "1"])
     assert code == 0
     assert "synthetic data: " in stdout and stdout.count("(reused)") >= 3
     assert (out / "data" / "dataset.json").stat().st_mtime_ns == dataset_mtime
@@ -91,7 +91,7 @@ def test_unfinished_pretraining_resumes_from_its_checkpoint(demo):
     assert code == 0
     log = (out / "pretrain" / "metrics.jsonl").read_text()
     (out / "pretrain" / "results.json").unlink()
-    code, _ = run_cli(["demo", str(out), "--quick", "--threads", "1"])
+    code, _ = run_cli(["demo", "-o", str(out), "--quick", "--threads", "1"])
     assert code == 0
     after = (out / "pretrain" / "metrics.jsonl").read_text()
     assert after.startswith(log)

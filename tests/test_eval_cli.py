@@ -228,9 +228,9 @@ def test_cpd_export_round_trip_from_a_training_checkpoint(tmp_path):
     model = build_model(config)
     torch.save({"model": model.state_dict(), "config": {"model": config.to_dict()}, "epoch": 3},
                tmp_path / "last.pt")  # fmt: skip
-    assert cli("export", [str(tmp_path / "last.pt"), str(tmp_path / "export")]) == 0
+    assert cli("export", [str(tmp_path / "last.pt"), "-o", str(tmp_path / "export")]) == 0
     loaded = cpd.load_model(tmp_path / "export")
     assert loaded.num_classes == 5
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
-    assert cli("export", [str(tmp_path / "missing.pt"), str(tmp_path / "x")]) == 2
+    assert cli("export", [str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x")]) == 2

@@ -187,7 +187,7 @@ def test_cli_writes_summary_and_refuses_reuse(tmp_path, capsys):
     from cpd.cli import main
 
     out = tmp_path / "cli"
-    argv = ["synth", str(out), "--num-videos", "4", "--width", "48", "--height", "48",
+    argv = ["synth", "-o", str(out), "--num-videos", "4", "--width", "48", "--height", "48",
             "--num-frames", "12", "--workers", "1", "--quiet"]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 # what the build reads; copied out so the build writes nothing into the checkout
 BUILD_INPUTS = ("pyproject.toml", "README.md", "src")
 # how `cpd demo` takes its output directory (see `cpd demo --help`)
-DEMO_ARGS = ["demo", "{out}", "--quick", "--threads", "1"]
+DEMO_ARGS = ["demo", "-o", "{out}", "--quick", "--threads", "1"]
 TIMEOUT = 600
 
 
