@@ -160,6 +160,17 @@ def test_stop_mid_epoch_and_resume_equals_uninterrupted(tiny_synthetic, tmp_path
     assert end_b["scheduler"] == end_a["scheduler"]
 
 
+@pytest.mark.parametrize("kind", ["step", "cosine"])
+def test_step_and_cosine_schedules_set_the_lr_every_step(tiny_synthetic, tmp_path, kind):
+    run_dir = tmp_path / "run"
+    extra = ["schedule.milestones=[1]"] if kind == "step" else []
+    cfg = _cfg(tiny_synthetic, run_dir, f"schedule.kind={kind}", "test.enabled=false", *extra)
+    finetune(cfg)
+    lrs = [s["lr"] for s in _steps(run_dir)]
+    assert lrs[0] == pytest.approx(cfg.optim.lr) and lrs[-1] < lrs[0]
+    assert lrs == sorted(lrs, reverse=True)
+
+
 def test_linear_mode_leaves_the_encoder_bit_identical(tiny_synthetic, tmp_path):
     # start from a classifier export (an official finetuning checkpoint goes the same way)
     torch.manual_seed(5)

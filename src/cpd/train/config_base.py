@@ -67,7 +67,7 @@ class ScheduleBase:
     gamma: float = 0.1
     warmup_epochs: float = 0.0
 
-    def factor(self, epoch_float: float, final_lr: float = 0.0) -> float:
+    def lr_factor(self, epoch_float: float, final_lr: float = 0.0) -> float:
         """The step / cosine multiplier of the base lr at a (fractional) epoch; a cosine ends
         at ``final_lr`` (a fraction of the base lr)."""
         if self.kind == "cosine":

@@ -32,17 +32,16 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from cpd import dist
 from cpd.config import ConfigError, from_dict, to_dict
 from cpd.errors import CheckpointError
-from cpd.losses.memory_bank import seed_for
 from cpd.models import ResNet3d
 from cpd.train.amp import make_scaler, resolve_amp
 from cpd.train.finetune_build import (
@@ -51,7 +50,6 @@ from cpd.train.finetune_build import (
     build_data,
     build_optimizer,
     freeze_stages,
-    lr_factor,
     set_train_mode,
 )
 from cpd.train.finetune_config import FinetuneConfig, first_trained_stage
@@ -59,15 +57,9 @@ from cpd.train.finetune_eval import evaluate_clips, multiview_test, report, test
 from cpd.train.loader import make_loader
 from cpd.train.log import RunLogger
 from cpd.train.probe import linear_probe
-from cpd.train.run import (
-    Env,
-    Resumable,
-    TrainingDiverged,
-    interrupted,
-    open_run,
-)
-from cpd.train.state import StopSignal
+from cpd.train.run import Env, open_run
 from cpd.train.step import StepResult, finetune_step
+from cpd.train.trainer import BaseTrainer, per_rank_batch, use_sync_bn
 
 __all__ = [
     "FinetuneData",
@@ -89,30 +81,22 @@ BN_TRAINS = ("finetune", "linear_official")  # modes whose BatchNorm layers run 
 # --- the trainer --------------------------------------------------------------------------
 
 
-@dataclass
-class Trainer(Resumable):
-    """The state of one finetuning / linear run."""
+@dataclass(kw_only=True)
+class Trainer(BaseTrainer):
+    """A finetuning / linear run: the shared loop (:class:`~cpd.train.trainer.BaseTrainer`)
+    with the cross-entropy step, clip validation and the plateau schedule."""
+
+    command: ClassVar[str] = "finetune"
+    dropout_stream: ClassVar[int] = 2
+    extra_sums: ClassVar[tuple[str, ...]] = ("correct", "clips")
+    validate_before_save: ClassVar[bool] = True  # the plateau state is part of the epoch
 
     cfg: FinetuneConfig
-    env: Env
-    run_dir: Path
     data: FinetuneData
     model: ResNet3d
-    wrapped: nn.Module
-    optimizer: torch.optim.SGD
     scheduler: Any  # ReduceLROnPlateau or None
-    scaler: torch.amp.GradScaler | None
-    amp_dtype: torch.dtype | None
-    logger: RunLogger
-    batch_per_rank: int
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    bad_steps: int = 0
-    last_val: dict[str, float] = field(default_factory=dict)
-    last_epoch: dict[str, float] = field(default_factory=dict)
 
-    # checkpoints: the shared part in Resumable -------------------------------------------
+    # checkpoints: the shared part in BaseTrainer -----------------------------------------
 
     def extra_state(self) -> dict[str, Any]:
         """``config.model`` makes the file loadable by load_model; plus the lr scheduler."""
@@ -138,82 +122,42 @@ class Trainer(Resumable):
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.last_val = dict(ckpt.get("last_val") or {})
 
-    def train_epoch(self, stop: StopSignal) -> bool:
-        """Run the rest of the current epoch; False if a stop signal ended it early."""
-        cfg, env, epoch = self.cfg, self.env, self.epoch
-        total = self.steps_per_epoch
-        set_train_mode(self.model, cfg.mode)
-        loader = make_loader(self.data.train, batch_size=self.batch_per_rank, train=True,  # type: ignore[arg-type]
-                             seed=cfg.run.seed, epoch=epoch, workers=cfg.data.workers,
-                             rank=env.rank, world_size=env.world_size,
-                             skip_batches=self.step_in_epoch)  # fmt: skip
-        fmt = torch.channels_last_3d if cfg.optim.channels_last else torch.contiguous_format
-        sums = torch.zeros(4, dtype=torch.float64)  # loss, correct, clips, steps
-        self.logger.start_epoch(epoch, cfg.schedule.epochs, total, self.step_in_epoch)
-        for batch in loader:
-            i = self.step_in_epoch
-            if cfg.schedule.kind != "plateau":
-                for g in self.optimizer.param_groups:
-                    g["lr"] = g["base_lr"] * lr_factor(cfg, epoch + i / total)
-            lr = self.optimizer.param_groups[0]["lr"]
-            torch.manual_seed(seed_for(cfg.run.seed, epoch, i, env.rank, 2))  # dropout
-            batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()
-                     if isinstance(v, torch.Tensor)}  # fmt: skip
-            result, correct = finetune_step(self.wrapped, self.optimizer, batch,
-                                            amp_dtype=self.amp_dtype, scaler=self.scaler,
-                                            clip_norm=cfg.optim.clip_norm, memory_format=fmt)  # fmt: skip
-            self.step_in_epoch += 1
-            self.global_step += 1
-            self._account(result, sums, correct, batch["video"].shape[0], lr)
-            if stop.should_stop(env.device) and self.step_in_epoch < total:
-                return False
-        self._end_epoch(sums)
-        return True
+    # the loop's steps ----------------------------------------------------------------------
 
-    def _account(self, result: StepResult, sums: torch.Tensor, correct: float, clips: int,
-                 lr: float) -> None:  # fmt: skip
-        loss = result.terms["loss"]
-        self.bad_steps = self.bad_steps + 1 if result.skipped else 0
-        if result.skipped:
-            self.logger.write("event", self.global_step, event="skipped_step", loss=loss)
-        else:
-            sums += torch.tensor([loss, correct, clips, 1.0], dtype=torch.float64)
-        rate = self.logger.step(clips * self.env.world_size, loss, lr)
-        if self.bad_steps >= self.cfg.run.max_bad_steps:
-            raise TrainingDiverged(
-                f"{self.bad_steps} non-finite steps in a row (run.max_bad_steps) at epoch "
-                f"{self.epoch + 1}, step {self.step_in_epoch}; lower optim.lr or check the "
-                f"data; the last good checkpoint is in {self.run_dir}"
-            )
-        if self.global_step % self.cfg.run.log_every == 0:
-            mean_loss = float(dist.all_reduce_mean(torch.tensor([loss], dtype=torch.float64)))
-            self.logger.write("step", self.global_step, epoch=self.epoch,
-                              step=self.step_in_epoch - 1, lr=lr, loss=mean_loss,
-                              grad_norm=result.grad_norm, skipped=result.skipped,
-                              clips_per_s=rate)  # fmt: skip
+    def begin_epoch(self) -> None:
+        """The mode's train / eval modes (``linear``: only the head in train mode)."""
+        set_train_mode(self.model, self.cfg.mode)
 
-    def _end_epoch(self, sums: torch.Tensor) -> None:
-        seconds = self.logger.end_epoch()
-        if self.env.world_size > 1:
-            for buffer in self.model.buffers():  # one model on every rank (see pretrain)
-                torch.distributed.broadcast(buffer, 0)
-            torch.distributed.all_reduce(sums)
-        steps = max(float(sums[3]), 1.0)
-        self.last_epoch = {"epoch": self.epoch + 1, "loss": float(sums[0]) / steps,
-                           "clip_top1": float(sums[1]) / max(float(sums[2]), 1.0),
-                           "lr": self.optimizer.param_groups[0]["lr"],
-                           "seconds": round(seconds, 3)}  # fmt: skip
-        self.logger.write("epoch", self.global_step, **self.last_epoch)
-        self.epoch += 1
-        self.step_in_epoch = 0
+    def train_loader(self) -> Iterable[dict[str, Any]]:
+        """The current epoch's rest."""
+        return make_loader(self.data.train, **self.loader_options())  # type: ignore[arg-type]
+
+    def set_step_lr(self, epoch_float: float) -> float:
+        """The step / cosine schedule's lr; the plateau schedule sets it after validation."""
+        if self.cfg.schedule.kind != "plateau":
+            for g in self.optimizer.param_groups:
+                g["lr"] = g["base_lr"] * self.cfg.schedule.lr_factor(epoch_float)
+        return self.optimizer.param_groups[0]["lr"]
+
+    def step(self, batch: dict[str, Any], index: int) -> tuple[StepResult, dict[str, float]]:
+        """:func:`~cpd.train.step.finetune_step`; counts the clips and the correct ones."""
+        o = self.cfg.optim
+        fmt = torch.channels_last_3d if o.channels_last else torch.contiguous_format
+        result, correct = finetune_step(self.wrapped, self.optimizer, batch,
+                                        amp_dtype=self.amp_dtype, scaler=self.scaler,
+                                        clip_norm=o.clip_norm, memory_format=fmt)  # fmt: skip
+        return result, {"correct": correct, "clips": float(batch["video"].shape[0])}
+
+    def epoch_figures(self, sums: dict[str, float]) -> dict[str, Any]:
+        """Training clip accuracy and the lr."""
+        return {"clip_top1": sums["correct"] / max(sums["clips"], 1.0),
+                "lr": self.optimizer.param_groups[0]["lr"]}  # fmt: skip
 
     def validate(self) -> None:
         """Clip accuracy (``val.clip``: a random clip of this epoch, or the centre clip); steps
         the plateau schedule on its top-1."""
         cfg, epoch = self.cfg, self.epoch
-        if self.data.val is None or cfg.run.val_every <= 0:
-            return
-        if epoch % cfg.run.val_every and epoch != cfg.schedule.epochs:
+        if not self.validation_due():
             return
         metrics = evaluate_clips(self.model, self.data.val, self.env,
                                  batch_size=self.batch_per_rank, workers=cfg.data.workers,
@@ -233,10 +177,7 @@ class Trainer(Resumable):
 
 def check_batch(cfg: FinetuneConfig, env: Env, num_train: int) -> int:
     """The per-process batch; rejects sizes that cannot work."""
-    if cfg.optim.batch_size % env.world_size:
-        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} (the total) is not "
-                          f"divisible by the world size {env.world_size}")  # fmt: skip
-    per_rank = cfg.optim.batch_size // env.world_size
+    per_rank = per_rank_batch(cfg.optim.batch_size, env)
     if per_rank < 2 and cfg.mode in BN_TRAINS and not cfg.optim.sync_bn:
         raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} gives one clip per process: "
                           "BatchNorm cannot train on one sample")  # fmt: skip
@@ -253,12 +194,7 @@ def build(cfg: FinetuneConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
     torch.manual_seed(cfg.run.seed)  # identical new classifier (and random init) on every rank
     model = build_classifier(cfg, data.num_classes)
     freeze_stages(model, first_trained_stage(cfg))
-    sync_bn = cfg.optim.sync_bn
-    if sync_bn is None:
-        sync_bn = env.world_size > 1 and env.device.type == "cuda" and cfg.mode in BN_TRAINS
-    if sync_bn and env.world_size > 1:
-        if env.device.type != "cuda":
-            raise ConfigError("optim.sync_bn: SyncBatchNorm needs CUDA (gloo/CPU has none)")
+    if use_sync_bn(cfg.optim.sync_bn, env, cfg.mode in BN_TRAINS) and env.world_size > 1:
         config = model.config
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[assignment]
         model.config = config
@@ -266,10 +202,6 @@ def build(cfg: FinetuneConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
     if cfg.optim.channels_last:
         model.to(memory_format=torch.channels_last_3d)
     set_train_mode(model, cfg.mode)
-    wrapped: nn.Module = model
-    if env.world_size > 1:
-        ids = [env.device.index] if env.device.type == "cuda" else None
-        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
     optimizer = build_optimizer(cfg, model)
     scheduler = None
     if cfg.schedule.kind == "plateau":
@@ -278,8 +210,11 @@ def build(cfg: FinetuneConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
             optimizer, mode="max", factor=s.factor, patience=s.patience, min_lr=s.min_lr)  # fmt: skip
     amp_dtype = resolve_amp(cfg.optim.amp, env.device)
     scaler = make_scaler(amp_dtype, env.device)
-    return Trainer(cfg, env, run_dir, data, model, wrapped, optimizer, scheduler, scaler,
-                   amp_dtype, logger, per_rank)  # fmt: skip
+    trainer = Trainer(cfg=cfg, env=env, run_dir=run_dir, data=data, model=model,
+                      optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                      amp_dtype=amp_dtype, logger=logger, batch_per_rank=per_rank)  # fmt: skip
+    trainer.wrap()  # once: which parameters train never changes
+    return trainer
 
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -296,15 +231,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         trainer = build(cfg, run.env, run.run_dir, run.logger)
         if run.resume is not None:
             trainer.load(*run.resume)
-        with StopSignal() as stop:
-            while trainer.epoch < cfg.schedule.epochs:
-                if not trainer.train_epoch(stop):
-                    trainer.save(periodic=False)
-                    raise interrupted("finetune", stop, trainer, mid_epoch=True)
-                trainer.validate()  # before saving: the plateau state is part of the epoch
-                trainer.save(periodic=True)
-                if stop.received is not None:
-                    raise interrupted("finetune", stop, trainer, mid_epoch=True)
+        trainer.run_epochs()
         return _finish(trainer, run.info)
 
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -29,23 +30,15 @@ from cpd import dist
 from cpd.config import ConfigError, from_dict, to_dict
 from cpd.errors import CheckpointError
 from cpd.losses import InfoNCELoss, MemoryBankNCELoss, negative_generator, temporal_negatives
-from cpd.losses.memory_bank import seed_for
 from cpd.models import CPDModel, build_model, save_model
 from cpd.train.amp import autocast_context, make_scaler, resolve_amp
 from cpd.train.config import PretrainConfig
 from cpd.train.loader import PretrainData, build_data, make_loader
 from cpd.train.log import RunLogger, format_table
-from cpd.train.run import (
-    Env,
-    Resumable,
-    TrainingDiverged,
-    TrainingInterrupted,
-    interrupted,
-    open_run,
-)
+from cpd.train.run import Env, TrainingDiverged, TrainingInterrupted, open_run
 from cpd.train.schedule import text_cosine_lr, text_encoder_trainable, text_step_lr
-from cpd.train.state import StopSignal
-from cpd.train.step import TextFeatureCache, pretrain_step
+from cpd.train.step import StepResult, TextFeatureCache, pretrain_step
+from cpd.train.trainer import BaseTrainer, per_rank_batch, use_sync_bn
 
 __all__ = ["TrainingInterrupted", "TrainingDiverged", "evaluate_retrieval", "pretrain"]
 
@@ -120,7 +113,7 @@ def build_optimizer(
 
 def lr_factor(cfg: PretrainConfig, epoch_float: float) -> float:
     """The schedule's multiplier of the main learning rate at a (fractional) epoch."""
-    return cfg.schedule.factor(epoch_float, cfg.schedule.final_lr)
+    return cfg.schedule.lr_factor(epoch_float, cfg.schedule.final_lr)
 
 
 def text_lr_factor(cfg: PretrainConfig, epoch_float: float) -> float:
@@ -217,32 +210,27 @@ def evaluate_retrieval(
 # --- the trainer --------------------------------------------------------------------------
 
 
-@dataclass
-class Trainer(Resumable):
-    """The state of one run: what is built once, and where the run stands."""
+# the validation figures printed (results.json and metrics.jsonl hold them all)
+_SHOWN = ("t2v_r1", "t2v_r5", "t2v_r10", "t2v_median_rank", "v2t_r1", "v2t_r5", "v2t_r10",
+          "v2t_median_rank", "t2v_chance_r1")  # fmt: skip
+
+
+@dataclass(kw_only=True)
+class Trainer(BaseTrainer):
+    """A pretraining run: the shared loop (:class:`~cpd.train.trainer.BaseTrainer`) with the
+    loss and its memory bank, the text-encoder curriculum and its feature cache."""
+
+    command: ClassVar[str] = "pretrain"
+    dropout_stream: ClassVar[int] = 1
 
     cfg: PretrainConfig
-    env: Env
-    run_dir: Path
     data: PretrainData
     model: CPDModel
     loss_fn: nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    amp_dtype: torch.dtype | None
-    logger: RunLogger
-    batch_per_rank: int
-    epoch: int = 0  # the epoch being run (== completed epochs at an epoch boundary)
-    step_in_epoch: int = 0  # steps of ``epoch`` already done
-    global_step: int = 0
-    bad_steps: int = 0  # consecutive non-finite steps
-    last_val: dict[str, float] = field(default_factory=dict)
-    last_epoch: dict[str, float] = field(default_factory=dict)
     text_cache: TextFeatureCache | None = None
-    wrapped: nn.Module | None = None
     stage: bool | None = None  # text encoder trainable in the current wrapper
 
-    # checkpoints: the shared part in Resumable -------------------------------------------
+    # checkpoints: the shared part in BaseTrainer -----------------------------------------
 
     def extra_state(self) -> dict[str, Any]:
         """The resolved config and the loss state (the text cache is recomputed, not saved),
@@ -279,8 +267,9 @@ class Trainer(Resumable):
 
     # curriculum ----------------------------------------------------------------------------
 
-    def enter_epoch(self, epoch: int) -> None:
-        """Freeze or unfreeze the text encoder for ``epoch``; (re)wrap in DDP on a change."""
+    def begin_epoch(self) -> None:
+        """Freeze or unfreeze the text encoder for the epoch; (re)wrap in DDP on a change."""
+        epoch = self.epoch
         trainable = text_encoder_trainable(epoch, self.cfg.schedule.unfreeze_epoch)
         if trainable == self.stage:
             return
@@ -300,11 +289,7 @@ class Trainer(Resumable):
                 )
                 self._warm_text_cache()
         self.model.train()
-        # DDP registers the parameters that need gradients when it is built: rebuild it.
-        self.wrapped = self.model
-        if self.env.world_size > 1:
-            ids = [self.env.device.index] if self.env.device.type == "cuda" else None
-            self.wrapped = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.wrap()
         self.stage = trainable
         self.logger.write("event", self.global_step, event="text_encoder",
                           trainable=trainable, epoch=epoch)  # fmt: skip
@@ -331,99 +316,58 @@ class Trainer(Resumable):
                     torch.arange(start, stop),
                 )
 
-    # the loop ------------------------------------------------------------------------------
+    # the loop's steps ----------------------------------------------------------------------
 
-    def train_epoch(self, stop: StopSignal) -> bool:
-        """Run the rest of the current epoch; returns False if a stop signal ended it early."""
+    def train_loader(self) -> Iterable[dict[str, Any]]:
+        """The current epoch's rest, in groups of ``data.group_by`` when set."""
+        return make_loader(self.data.train, **self.loader_options(),
+                           groups=self.data.train_groups)  # fmt: skip
+
+    def set_step_lr(self, epoch_float: float) -> float:
+        """The main and the text encoder's lr (0 while it is frozen)."""
+        cfg = self.cfg
+        return set_lr(self.optimizer, lr_factor(cfg, epoch_float), bool(self.stage),
+                      text_lr_factor(cfg, epoch_float))  # fmt: skip
+
+    def step(self, batch: dict[str, Any], index: int) -> tuple[StepResult, dict[str, float]]:
+        """:func:`~cpd.train.step.pretrain_step` with this step's negatives (and hard ones)."""
         cfg, env, epoch = self.cfg, self.env, self.epoch
-        self.enter_epoch(epoch)
-        total = self.steps_per_epoch
-        loader = make_loader(
-            self.data.train, batch_size=self.batch_per_rank, train=True, seed=cfg.run.seed,
-            epoch=epoch, workers=cfg.data.workers, rank=env.rank, world_size=env.world_size,
-            skip_batches=self.step_in_epoch, groups=self.data.train_groups,
-        )  # fmt: skip
         fmt = torch.channels_last_3d if cfg.optim.channels_last else torch.contiguous_format
-        text_on = bool(self.stage)
-        sums = torch.zeros(4, dtype=torch.float64)  # loss, clipped, skipped, steps
-        self.logger.start_epoch(epoch, cfg.schedule.epochs, total, self.step_in_epoch)
-        for batch in loader:
-            i = self.step_in_epoch
-            at = epoch + i / total
-            lr = set_lr(self.optimizer, lr_factor(cfg, at), text_on, text_lr_factor(cfg, at))
-            # Dropout (the text encoder in stage II) draws from the global generator.
-            torch.manual_seed(seed_for(cfg.run.seed, epoch, i, env.rank, 1))
-            batch = {k: v.to(env.device, non_blocking=True) if isinstance(v, torch.Tensor)
-                     else v for k, v in batch.items()}  # fmt: skip
-            hard = None
-            if cfg.loss.hard_negatives:
-                g = negative_generator(cfg.run.seed + 1, epoch, i, env.rank)
-                hard = temporal_negatives(batch["video"], cfg.loss.hard_shuffle, g)
-            result = pretrain_step(
-                self.wrapped, self.loss_fn, self.optimizer, batch,
-                generator=negative_generator(cfg.run.seed, epoch, i, env.rank, env.device),
-                text_cache=self.text_cache, amp_dtype=self.amp_dtype, scaler=self.scaler,
-                clip_norm=cfg.optim.clip_norm, hard_negatives=hard, memory_format=fmt,
-            )  # fmt: skip
-            self.step_in_epoch += 1
-            self.global_step += 1
-            self._account(result, sums, batch["video"].shape[0], lr)
-            # A stop on the epoch's last step finishes the epoch (the caller then stops).
-            if stop.should_stop(env.device) and self.step_in_epoch < total:
-                return False
-        self._end_epoch(sums)
-        return True
+        hard = None
+        if cfg.loss.hard_negatives:
+            g = negative_generator(cfg.run.seed + 1, epoch, index, env.rank)
+            hard = temporal_negatives(batch["video"], cfg.loss.hard_shuffle, g)
+        result = pretrain_step(
+            self.wrapped, self.loss_fn, self.optimizer, batch,
+            generator=negative_generator(cfg.run.seed, epoch, index, env.rank, env.device),
+            text_cache=self.text_cache, amp_dtype=self.amp_dtype, scaler=self.scaler,
+            clip_norm=cfg.optim.clip_norm, hard_negatives=hard, memory_format=fmt,
+        )  # fmt: skip
+        return result, {}
 
-    def _account(self, result: Any, sums: torch.Tensor, clips: int, lr: float) -> None:
-        loss = result.terms["loss"]
-        self.bad_steps = self.bad_steps + 1 if result.skipped else 0
-        if not result.skipped:
-            sums += torch.tensor([loss, float(result.clipped), 0.0, 1.0], dtype=torch.float64)
-        else:
-            sums[2] += 1
-            self.logger.write("event", self.global_step, event="skipped_step", loss=loss)
-        rate = self.logger.step(clips * self.env.world_size, loss, lr)
-        if self.bad_steps >= self.cfg.run.max_bad_steps:
-            raise TrainingDiverged(
-                f"{self.bad_steps} non-finite steps in a row (run.max_bad_steps="
-                f"{self.cfg.run.max_bad_steps}) at epoch {self.epoch + 1}, step "
-                f"{self.step_in_epoch}; last loss terms {result.terms}. Lower optim.lr or "
-                f"check the data; the last good checkpoint is in {self.run_dir}"
-            )
-        if self.global_step % self.cfg.run.log_every == 0:
-            terms = torch.tensor(list(result.terms.values()), dtype=torch.float64)
-            terms = dist.all_reduce_mean(terms)  # collective: same step on every rank
-            values = dict(zip(result.terms, terms.tolist(), strict=True))
-            self.logger.write(
-                "step", self.global_step, epoch=self.epoch, step=self.step_in_epoch - 1,
-                lr=lr, text_lr=self.optimizer.param_groups[-1]["lr"], grad_norm=result.grad_norm,
-                clipped=result.clipped, skipped=result.skipped, clips_per_s=rate, **values,
-            )  # fmt: skip
+    def step_figures(self) -> dict[str, Any]:
+        """The text encoder's lr."""
+        return {"text_lr": self.optimizer.param_groups[-1]["lr"]}
 
-    def _end_epoch(self, sums: torch.Tensor) -> None:
-        seconds = self.logger.end_epoch()
-        if self.env.world_size > 1:
-            # BatchNorm running statistics drift apart per rank (DDP only broadcasts rank 0's
-            # at the next forward): make every rank hold the checkpointed state before
-            # validation, so that validation evaluates exactly the saved model.
-            for buffer in self.model.buffers():
-                torch.distributed.broadcast(buffer, 0)
-            # Loss sums and step counts differ per rank; clip and skip events are global
-            # already (one gradient norm, one agreed verdict), so they are not added up.
-            reduced = sums.clone()
-            torch.distributed.all_reduce(reduced)
-            sums = torch.stack([reduced[0], sums[1], sums[2], reduced[3]])
-        steps = max(float(sums[3]), 1.0)
-        self.last_epoch = {
-            "epoch": self.epoch + 1,
-            "loss": float(sums[0]) / steps,  # mean over this process's steps (since a resume)
-            "clip_events": int(sums[1]),
-            "skipped_steps": int(sums[2]),
-            "seconds": round(seconds, 3),
-        }
-        self.logger.write("epoch", self.global_step, **self.last_epoch)
-        self.epoch += 1
-        self.step_in_epoch = 0
+    def epoch_figures(self, sums: dict[str, float]) -> dict[str, Any]:
+        """Clip events and skipped steps."""
+        return {"clip_events": int(sums["clip_events"]),
+                "skipped_steps": int(sums["skipped_steps"])}  # fmt: skip
+
+    def validate(self) -> None:
+        """Text-video retrieval on the validation pairs (:func:`evaluate_retrieval`)."""
+        if not self.validation_due():
+            return
+        metrics = evaluate_retrieval(
+            self.model, self.data.val, batch_size=self.batch_per_rank,
+            device=self.env.device, workers=self.cfg.data.workers, amp_dtype=self.amp_dtype,
+        )  # fmt: skip
+        self.last_val = metrics
+        self.logger.write("val", self.global_step, epoch=self.epoch, **metrics)
+        shown = {k: metrics[k] for k in _SHOWN if k in metrics}
+        self.logger.message(
+            f"epoch {self.epoch}: val " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
+        )
 
 
 # --- entry point --------------------------------------------------------------------------
@@ -431,17 +375,8 @@ class Trainer(Resumable):
 
 def build(cfg: PretrainConfig, env: Env, run_dir: Path, logger: RunLogger) -> Trainer:
     """Data, model, loss, optimizer and scaler for ``cfg`` on this process."""
-    if cfg.optim.batch_size % env.world_size:
-        raise ConfigError(
-            f"optim.batch_size={cfg.optim.batch_size} (the total) is not divisible by the "
-            f"world size {env.world_size}"
-        )
-    per_rank = cfg.optim.batch_size // env.world_size
-    sync_bn = cfg.optim.sync_bn
-    if sync_bn is None:
-        sync_bn = env.world_size > 1 and env.device.type == "cuda"
-    if sync_bn and env.world_size > 1 and env.device.type != "cuda":
-        raise ConfigError("optim.sync_bn: SyncBatchNorm needs CUDA (gloo/CPU has none)")
+    per_rank = per_rank_batch(cfg.optim.batch_size, env)
+    sync_bn = use_sync_bn(cfg.optim.sync_bn, env)
     if per_rank < 2 and not (sync_bn and env.world_size > 1):
         raise ConfigError(
             f"optim.batch_size={cfg.optim.batch_size} gives {per_rank} clip per process: the "
@@ -472,8 +407,9 @@ def build(cfg: PretrainConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
     optimizer = build_optimizer(cfg, model, loss_fn)
     amp_dtype = resolve_amp(cfg.optim.amp, env.device)
     scaler = make_scaler(amp_dtype, env.device)
-    return Trainer(cfg, env, run_dir, data, model, loss_fn, optimizer, scaler, amp_dtype,
-                   logger, per_rank)  # fmt: skip
+    return Trainer(cfg=cfg, env=env, run_dir=run_dir, data=data, model=model, loss_fn=loss_fn,
+                   optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, logger=logger,
+                   batch_per_rank=per_rank)  # fmt: skip
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
@@ -488,40 +424,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         trainer = build(cfg, run.env, run.run_dir, run.logger)
         if run.resume is not None:
             trainer.load(*run.resume)
-        with StopSignal() as stop:
-            while trainer.epoch < cfg.schedule.epochs:
-                if not trainer.train_epoch(stop):
-                    trainer.save(periodic=False)
-                    raise interrupted("pretrain", stop, trainer, mid_epoch=True)
-                trainer.save(periodic=True)
-                if stop.received is not None:
-                    raise interrupted("pretrain", stop, trainer, mid_epoch=False)
-                _maybe_validate(trainer)
+        trainer.run_epochs()
         return _finish(trainer, run.info)
-
-
-# the validation figures printed (results.json and metrics.jsonl hold them all)
-_SHOWN = ("t2v_r1", "t2v_r5", "t2v_r10", "t2v_median_rank", "v2t_r1", "v2t_r5", "v2t_r10",
-          "v2t_median_rank", "t2v_chance_r1")  # fmt: skip
-
-
-def _maybe_validate(trainer: Trainer) -> None:
-    cfg, epoch = trainer.cfg, trainer.epoch
-    every = cfg.run.val_every
-    if trainer.data.val is None or every <= 0:
-        return
-    if epoch % every and epoch != cfg.schedule.epochs:
-        return
-    metrics = evaluate_retrieval(
-        trainer.model, trainer.data.val, batch_size=trainer.batch_per_rank,
-        device=trainer.env.device, workers=cfg.data.workers, amp_dtype=trainer.amp_dtype,
-    )  # fmt: skip
-    trainer.last_val = metrics
-    trainer.logger.write("val", trainer.global_step, epoch=epoch, **metrics)
-    shown = {k: metrics[k] for k in _SHOWN if k in metrics}
-    trainer.logger.message(
-        f"epoch {epoch}: val " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
-    )
 
 
 def _finish(trainer: Trainer, info: dict[str, Any]) -> dict[str, Any]:

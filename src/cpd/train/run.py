@@ -2,8 +2,8 @@
 
 The process's place in the job (:mod:`cpd.runtime`'s ``Env``), the run directory's record of
 what ran (resolved config, package version, git revision), which checkpoint to resume from, the
-two ways a run ends early, and :class:`Resumable`: the step counters and checkpoints that both
-trainers keep.
+two ways a run ends early. The epoch loop and checkpoints both trainers share are
+:mod:`cpd.train.trainer`'s.
 """
 
 from __future__ import annotations
@@ -19,17 +19,14 @@ import torch
 
 import cpd
 from cpd.config import ConfigError, save_config
-from cpd.errors import CheckpointError, CPDError
+from cpd.errors import CPDError
 from cpd.runtime import Env, close_env, git_revision, init_env
-from cpd.train.checkpoint import load_latest, read_checkpoint, save_training_checkpoint
+from cpd.train.checkpoint import load_latest, read_checkpoint
 from cpd.train.log import RunLogger
-from cpd.train.state import StopSignal, capture_rng_state, restore_rng_state
 
 __all__ = [
     "Env",
-    "Resumable",
     "RunContext",
-    "interrupted",
     "open_run",
     "TrainingDiverged",
     "TrainingInterrupted",
@@ -125,104 +122,3 @@ def open_run(cfg: Any, *, resumable: bool = True) -> Iterator[RunContext]:
             logger.close()
         with contextlib.suppress(Exception):  # never hide the error that ended the run
             close_env(env)
-
-
-def interrupted(
-    command: str, stop: StopSignal, run: Resumable, mid_epoch: bool
-) -> TrainingInterrupted:
-    """The error that ends a run stopped by a signal, after its checkpoint was written."""
-    where = (f"at epoch {run.epoch + 1}, step {run.step_in_epoch}" if mid_epoch
-             else f"after epoch {run.epoch}")  # fmt: skip
-    return TrainingInterrupted(
-        f"stopped by {stop.name} {where}; checkpoint {run.run_dir / 'last.pt'}. Resume with: "
-        f"cpd {command} --config {run.run_dir / 'config.yaml'}",
-        stop.name,
-    )
-
-
-class Resumable:
-    """What a pretraining and a finetuning run share: step counters, checkpoints, resuming.
-
-    A subclass (a dataclass) holds ``cfg``, ``env``, ``run_dir``, ``data`` (with ``train``),
-    ``model``, ``optimizer``, ``scaler``, ``logger``, ``batch_per_rank`` and the counters
-    ``epoch`` (the epoch being run), ``step_in_epoch`` (its steps done), ``global_step`` and
-    ``bad_steps`` (consecutive non-finite steps). It adds what only it has through
-    :meth:`extra_state`, :meth:`check_resume` and :meth:`load_extra`.
-    """
-
-    cfg: Any
-    env: Env
-    run_dir: Path
-    data: Any
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    logger: Any
-    batch_per_rank: int
-    epoch: int
-    step_in_epoch: int
-    global_step: int
-    bad_steps: int
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Full batches per epoch on each rank (the sampler pads ranks to equal lengths)."""
-        planned = getattr(self.data.train, "batches_per_epoch", None)
-        if planned is not None:  # a streaming dataset plans its own epochs
-            return int(planned(self.env.world_size, self.batch_per_rank))
-        per_rank = -(-len(self.data.train) // self.env.world_size)
-        return per_rank // self.batch_per_rank
-
-    def extra_state(self) -> dict[str, Any]:
-        """The subclass's own part of a checkpoint."""
-        return {}
-
-    def check_resume(self, path: Path, ckpt: dict[str, Any]) -> None:
-        """Raise :class:`CheckpointError` if ``ckpt`` was written by an incompatible run."""
-
-    def load_extra(self, ckpt: dict[str, Any]) -> None:
-        """Restore the subclass's own part of a checkpoint."""
-
-    def state(self) -> dict[str, Any]:
-        """Everything a resume needs."""
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "bad_steps": self.bad_steps,
-            "rng": capture_rng_state(),
-            "version": cpd.__version__,
-            "world_size": self.env.world_size,
-            **self.extra_state(),
-        }
-
-    def save(self, periodic: bool) -> None:
-        """Rank 0 writes ``last.pt`` (and ``epoch_N.pt`` when due); all ranks then agree."""
-        if self.env.main:
-            every = self.cfg.run.save_every if periodic else 0
-            save_training_checkpoint(self.state(), self.run_dir, self.epoch, every)
-        if self.env.world_size > 1:
-            torch.distributed.barrier()
-
-    def load(self, path: Path, ckpt: dict[str, Any]) -> None:
-        """Continue from a checkpoint written by :meth:`state`."""
-        self.check_resume(path, ckpt)
-        try:
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            if self.scaler is not None and ckpt.get("scaler"):
-                self.scaler.load_state_dict(ckpt["scaler"])
-            self.load_extra(ckpt)
-            self.epoch, self.step_in_epoch = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
-            self.global_step, self.bad_steps = int(ckpt["global_step"]), int(ckpt["bad_steps"])
-            restore_rng_state(ckpt["rng"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{path}: cannot resume from it: {exc}") from exc
-        self.logger.message(
-            f"resuming from {path}: epoch {self.epoch + 1}, step {self.step_in_epoch} of "
-            f"{self.steps_per_epoch} (global step {self.global_step})"
-        )
-        self.logger.write("event", self.global_step, event="resume", checkpoint=str(path))
