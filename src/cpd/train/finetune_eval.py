@@ -25,24 +25,21 @@ from cpd.train.run import Env
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def evaluate_clips(
-    model: nn.Module, dataset: ActionDataset, env: Env, *, batch_size: int, workers: int = 0,
+@torch.no_grad()  # not inference_mode: the linear probe fits on these outputs
+def clip_outputs(
+    fn: Any, dataset: ActionDataset, env: Env, *, dim: int, batch_size: int, workers: int = 0,
     amp_dtype: torch.dtype | None = None, epoch: int = 0,
-) -> dict[str, float]:  # fmt: skip
-    """Clip-level top-1 / top-5 of one clip of every video, exact under DDP.
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """``(fn(clip) [N, dim] float32, labels [N])`` of one clip of each of the N videos, in the
+    dataset's order, exact under DDP.
 
     ``dataset`` gives either one view per video (``[1, 3, T, S, S]``: the centre clip) or one
-    training-style clip (``[3, T, S, S]``, drawn from (seed, ``epoch``, index): the official
-    validation's random clip).
-
-    Collective under a process group (every rank embeds its share; the logits are gathered
-    with their indices and the sampler's padded repeats dropped).
+    training-style clip (``[3, T, S, S]``, drawn from (seed, ``epoch``, index)). Collective
+    under a process group (every rank runs its share; the outputs are gathered with their
+    indices and the sampler's padded repeats dropped).
     """
-    from cpd.eval import gather_embeddings, topk_accuracy
+    from cpd.eval import gather_embeddings
 
-    was_training = model.training
-    model.eval()
     loader = make_loader(dataset, batch_size=batch_size, train=False, seed=0, epoch=epoch,  # type: ignore[arg-type]
                          workers=workers, rank=env.rank, world_size=env.world_size)  # fmt: skip
     rows, labels, indices = [], [], []
@@ -51,19 +48,34 @@ def evaluate_clips(
         if video.dim() == 6:  # [B, 1 view, 3, T, S, S]
             video = video.flatten(0, 1)
         with autocast_context(env.device, amp_dtype):
-            logits = model(video.to(env.device, non_blocking=True))
-        rows.append(logits.float())
-        labels.append(batch["label"].to(env.device))
+            rows.append(fn(video.to(env.device, non_blocking=True)).float())
+        labels.append(batch["label"].to(env.device).float())
         indices.append(batch["index"].to(env.device))
+    dev = env.device
+    local = torch.cat(rows) if rows else torch.zeros(0, dim, device=dev)
+    local_y = torch.cat(labels) if labels else torch.zeros(0, device=dev)
+    local_i = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=dev)
+    outputs, _ = gather_embeddings(local, local_i, num_samples=len(dataset))
+    ys, _ = gather_embeddings(local_y, local_i, num_samples=len(dataset))
+    return outputs.cpu(), ys.long().cpu()
+
+
+def evaluate_clips(
+    model: nn.Module, dataset: ActionDataset, env: Env, *, batch_size: int, workers: int = 0,
+    amp_dtype: torch.dtype | None = None, epoch: int = 0,
+) -> dict[str, float]:  # fmt: skip
+    """Clip-level top-1 / top-5 of one clip of every video (:func:`clip_outputs`: the centre
+    clip, or the official validation's random clip of ``epoch``), exact under DDP."""
+    from cpd.eval import topk_accuracy
+
+    was_training = model.training
+    model.eval()
+    n = model.num_classes
+    scores, labels = clip_outputs(model, dataset, env, dim=n, batch_size=batch_size,
+                                  workers=workers, amp_dtype=amp_dtype, epoch=epoch)  # fmt: skip
     model.train(was_training)
-    n = getattr(model, "num_classes", None) or rows[0].shape[1]
-    local = torch.cat(rows) if rows else torch.zeros(0, n, device=env.device)
-    local_i = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=env.device)
-    local_y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=env.device)
-    scores, _ = gather_embeddings(local, local_i, num_samples=len(dataset))
-    ys, _ = gather_embeddings(local_y.float(), local_i, num_samples=len(dataset))
     ks = sorted({1, min(5, n)})
-    acc = topk_accuracy(scores.cpu(), ys.long().cpu(), ks=ks)
+    acc = topk_accuracy(scores, labels, ks=ks)
     return {"top1": acc["top1"], "top5": acc[f"top{ks[-1]}"]}
 
 

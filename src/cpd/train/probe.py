@@ -33,13 +33,11 @@ import torch.nn.functional as F
 
 from cpd.config import to_dict
 from cpd.errors import CheckpointError
-from cpd.eval.gather import gather_embeddings
 from cpd.train.amp import autocast_context, resolve_amp
 from cpd.train.checkpoint import atomic_save, read_checkpoint
 from cpd.train.finetune_build import FinetuneData, build_classifier, build_data
 from cpd.train.finetune_config import FinetuneConfig, resolved_lr
-from cpd.train.finetune_eval import multiview_test, report, test_metrics
-from cpd.train.loader import make_loader
+from cpd.train.finetune_eval import clip_outputs, multiview_test, report, test_metrics
 from cpd.train.log import RunLogger
 from cpd.train.run import Env
 
@@ -48,29 +46,16 @@ __all__ = ["extract_clip_features", "fit_linear", "linear_probe", "score_views"]
 FEATURES = "features.pt"
 
 
-@torch.no_grad()  # not inference_mode: the features feed an autograd fit
 def extract_clip_features(
     encoder: Any, dataset: Any, env: Env, *, clips_per_video: int, batch_size: int,
     workers: int = 0, amp_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """``(features [K*N, D] float32, labels [K*N])`` of K training clips per video (clip-major),
     exact under DDP (collective: call on every rank)."""
-    feats, labels = [], []
-    for k in range(clips_per_video):
-        loader = make_loader(dataset, batch_size=batch_size, train=False, seed=0, epoch=k,
-                             workers=workers, rank=env.rank, world_size=env.world_size)  # fmt: skip
-        rows, ys, idx = [], [], []
-        for batch in loader:
-            with autocast_context(env.device, amp_dtype):
-                rows.append(encoder.forward_features(batch["video"].to(env.device)).float())
-            ys.append(batch["label"].to(env.device).float())
-            idx.append(batch["index"].to(env.device))
-        index = torch.cat(idx)
-        f, _ = gather_embeddings(torch.cat(rows), index, num_samples=len(dataset))
-        y, _ = gather_embeddings(torch.cat(ys), index, num_samples=len(dataset))
-        feats.append(f.cpu())
-        labels.append(y.long().cpu())
-    return torch.cat(feats), torch.cat(labels)
+    runs = [clip_outputs(encoder.forward_features, dataset, env, dim=encoder.num_features,
+                         batch_size=batch_size, workers=workers, amp_dtype=amp_dtype, epoch=k)
+            for k in range(clips_per_video)]  # fmt: skip
+    return torch.cat([f for f, _ in runs]), torch.cat([y for _, y in runs])
 
 
 def fit_linear(
