@@ -3,14 +3,14 @@
 Read top to bottom: :func:`finetune` sets up the process (group) and run directory exactly as
 pretraining does (:func:`cpd.train.run.open_run`), then builds the data (:func:`build_data`)
 and the classifier (:func:`build_classifier`: the encoder of ``model.init`` with a new ``fc``),
-runs the epochs
-(:meth:`Trainer.train_epoch`, one :func:`finetune_step` per batch), validates (clip accuracy
-of one clip per video, :func:`evaluate_clips`: by default a random training-style clip drawn
-from (seed, epoch, index) as the official code validates, or the centre clip with
-``val.clip: centre``) and steps ReduceLROnPlateau on it, checkpoints every epoch,
-and finishes with the multi-view test (:func:`multiview_test`, the ``cpd test`` machinery),
-``results.json``, a printed table and ``export/``. ``mode: linear_features`` branches to
-:func:`cpd.train.probe.linear_probe` after the common setup.
+runs the epochs in pretraining's loop (:class:`cpd.train.trainer.BaseTrainer`, one
+:func:`finetune_step` per batch), validates (clip accuracy of one clip per video,
+:func:`evaluate_clips`: by default a random training-style clip drawn from (seed, epoch, index)
+as the official code validates, or the centre clip with ``val.clip: centre``) and steps
+ReduceLROnPlateau on it, checkpoints every epoch, and finishes with the multi-view test
+(:func:`multiview_test`, the ``cpd test`` machinery), ``results.json``, a printed table and
+``export/``. ``mode: linear_features`` branches to :func:`cpd.train.probe.linear_probe` after
+the common setup.
 
 The modes are protocols (see :mod:`cpd.train.finetune_config`): ``finetune`` trains
 everything, or the stages from ``model.train_from`` on (the official ``--ft_begin_index``; the

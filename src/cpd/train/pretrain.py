@@ -2,8 +2,9 @@
 
 Read top to bottom: :func:`pretrain` sets up the process (group), run directory, data, model,
 loss and optimizer (:func:`build`), resumes from a checkpoint if there is one, runs the epoch
-loop (:meth:`Trainer.train_epoch`, one :func:`cpd.train.step.pretrain_step` per batch), validates
-every ``run.val_every`` epochs, checkpoints every epoch, and finishes with an export
+loop it shares with finetuning (:class:`cpd.train.trainer.BaseTrainer`, one
+:func:`cpd.train.step.pretrain_step` per batch), validates every ``run.val_every`` epochs,
+checkpoints every epoch, and finishes with an export
 (``run_dir/export/``, readable by :func:`cpd.load_model`) and ``results.json``.
 
 Reproducibility: everything random comes from ``run.seed`` and (epoch, step, index, rank):
