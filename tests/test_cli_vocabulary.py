@@ -136,3 +136,21 @@ def test_old_spellings_still_work_and_say_what_replaces_them(
     assert args.out == "runs/old" and "-o/--out runs/old" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse("test", "m", "--dataset", "ucf101", "--split", "validation")
+
+
+def test_renamed_config_keys_still_read(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from cpd.config import ConfigError
+    from cpd.train.config import load_pretrain_config
+    from cpd.train.finetune_config import load_finetune_config
+
+    cfg = load_pretrain_config(None, ["data.root=videos", "data.format=csv"])
+    assert (cfg.data.video_root, cfg.data.manifest_format) == ("videos", "csv")
+    assert "data.root is deprecated" in caplog.text and "use data.video_root" in caplog.text
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  split: 2\nval:\n  subset: train\n", encoding="utf-8")
+    cfg = load_finetune_config(str(old), [])
+    assert (cfg.data.fold, cfg.val.split) == (2, "train")
+    both = tmp_path / "both.yaml"
+    both.write_text("data:\n  split: 2\n  fold: 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="data.split and data.fold are the same setting"):
+        load_finetune_config(str(both), [])

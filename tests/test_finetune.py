@@ -73,8 +73,8 @@ def test_paper_presets_and_config_errors():
         load_finetune_config(None, ["optim.lrr=1"])
     with pytest.raises(ConfigError, match="run.val_every"):
         load_finetune_config(None, ["run.val_every=0"])
-    with pytest.raises(ConfigError, match="data.split"):
-        load_finetune_config(None, ["data.split=4"])
+    with pytest.raises(ConfigError, match="data.fold"):
+        load_finetune_config(None, ["data.fold=4"])
 
 
 def test_cli_print_config_and_bad_override(capsys):

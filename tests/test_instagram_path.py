@@ -76,9 +76,9 @@ def test_readme_instagram_sequence(
     #     model.text_encoder=/path/to/distilbert-base-uncased run.out=runs/ig_r50
     argv = ["pretrain", "--config", "pretrain_instagram_r50", "data.manifest=ig/captions.jsonl",
             f"model.text_encoder={tiny_text_encoder}", "run.out=runs/ig_r50", *TINY]  # fmt: skip
-    # the bug this guards against: the preset fixed data.format=instagram, so the JSON Lines
+    # the bug this guards against: the preset fixed data.format=instagram (now data.manifest_format), so the JSON Lines
     # that cpd prepare writes failed as "line 2: invalid JSON: Extra data"
-    assert main([*argv, "data.format=instagram", "run.out=runs/fixed_format"]) == 2
+    assert main([*argv, "data.manifest_format=instagram", "run.out=runs/fixed_format"]) == 2
     assert "format 'instagram' was given, but the file holds JSON Lines" in capsys.readouterr().err
     assert main(argv) == 0
     run = Path("runs/ig_r50")
@@ -100,7 +100,7 @@ def test_preset_format_is_detected(tmp_path: Path) -> None:
     from cpd.train.config import load_pretrain_config
 
     cfg = load_pretrain_config("pretrain_instagram_r50")
-    assert cfg.data.format is None
+    assert cfg.data.manifest_format is None
     ig = tmp_path / "instagram_captions.json"
     ig.write_text(json.dumps(CAPTIONS), encoding="utf-8")
     lines = tmp_path / "captions.jsonl"
@@ -108,7 +108,7 @@ def test_preset_format_is_detected(tmp_path: Path) -> None:
             for k, v in CAPTIONS.items()]  # fmt: skip
     lines.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     for path in (ig, lines):
-        records = read_caption_manifest(path, tmp_path, "train", cfg.data.format)
+        records = read_caption_manifest(path, tmp_path, "train", cfg.data.manifest_format)
         assert [r.video_id for r in records] == ["ig101", "ig102", "ig103"]
     with pytest.raises(DataError) as info:
         read_caption_manifest(lines, tmp_path, "train", "instagram")

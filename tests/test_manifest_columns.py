@@ -97,11 +97,11 @@ def test_webvid_keys_as_config_overrides(tmp_path: Path) -> None:
     assert cfg2.data.bad_rows == "skip"
     with pytest.raises(ConfigError, match="data.bad_rows"):
         load_pretrain_config(None, ["data.bad_rows=ignore"])
-    with pytest.raises(ConfigError, match="data.format"):
-        load_pretrain_config(None, ["data.format=xml"])
+    with pytest.raises(ConfigError, match="data.manifest_format"):
+        load_pretrain_config(None, ["data.manifest_format=xml"])
     path = tmp_path / "webvid.csv"
     path.write_text(WEBVID, encoding="utf-8")
-    records = read_caption_manifest(path, tmp_path, None, cfg.data.format,
+    records = read_caption_manifest(path, tmp_path, None, cfg.data.manifest_format,
                                     **cfg.data.manifest_options())  # fmt: skip
     assert [Path(r.path).name for r in records] == ["31353427.mp4", "14781349.mp4", "18871646.mp4"]
 
@@ -374,7 +374,7 @@ def test_pretrain_skips_bad_rows_into_the_run_directory(
     bad = ['{"video": "videos/none.mp4", "caption": ""}', "garbage"]
     manifest.write_text("\n".join([lines[0], bad[0], *lines[1:], bad[1]]) + "\n")
     run_dir = tmp_path / "run"
-    overrides = [*tiny_pretrain_overrides, f"data.manifest={manifest}", f"data.root={tiny_synthetic}",
+    overrides = [*tiny_pretrain_overrides, f"data.manifest={manifest}", f"data.video_root={tiny_synthetic}",
                  "schedule.epochs=1", "run.val_every=1", f"run.out={run_dir}"]  # fmt: skip
     with pytest.raises(DataError, match="2 problems"):
         pretrain(load_pretrain_config("pretrain_synthetic_cpu", overrides))
@@ -397,7 +397,7 @@ def test_pretrain_on_a_webvid_csv_from_the_command_line(
     csv_path = webvid_like(tiny_synthetic, tmp_path)
     run_dir = tmp_path / "webvid_run"
     argv = ["pretrain", "--config", "pretrain_synthetic_cpu", *tiny_pretrain_overrides,
-            f"data.manifest={csv_path}", f"data.root={tiny_synthetic}",
+            f"data.manifest={csv_path}", f"data.video_root={tiny_synthetic}",
             "data.video_key={page_dir}/{videoid}.mp4", "data.caption_key=name",
             "data.id_key=videoid", "data.train_split=", "data.val_split=", "data.bad_rows=skip",
             "data.group_by=null", "schedule.epochs=1", f"run.out={run_dir}"]  # fmt: skip

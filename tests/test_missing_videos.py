@@ -18,7 +18,7 @@ def test_missing_videos_take_no_bank_row(tiny_pretrain_overrides, tiny_synthetic
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     run_dir = tmp_path / "run"
     cfg = load_pretrain_config("pretrain_synthetic_cpu", [
-        *tiny_pretrain_overrides, f"data.manifest={manifest}", f"data.root={tiny_synthetic}",
+        *tiny_pretrain_overrides, f"data.manifest={manifest}", f"data.video_root={tiny_synthetic}",
         "schedule.epochs=1", f"run.out={run_dir}"])  # fmt: skip
     results = pretrain(cfg)
     assert results["missing_videos"] == 2

@@ -55,7 +55,7 @@ def test_two_processes_agree_and_validate_exactly(
     _manifest_with_five_val(tiny_synthetic, manifest)
     run_dir = tmp_path / "run"
     overrides = [*tiny_pretrain_overrides, f"data.manifest={manifest}",
-                 f"data.root={tiny_synthetic}", f"run.out={run_dir}", "schedule.epochs=1",
+                 f"data.video_root={tiny_synthetic}", f"run.out={run_dir}", "schedule.epochs=1",
                  "schedule.unfreeze_epoch=null"]  # fmt: skip
     mp.spawn(_worker, args=(dist.find_free_port(), overrides, str(tmp_path)), nprocs=WORLD)
 

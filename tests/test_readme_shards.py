@@ -79,7 +79,7 @@ def test_video2dataset_files_parquet_pretrains(tiny_synthetic, tiny_pretrain_ove
     run_dir = tmp_path / "run"
     overrides = [o for o in tiny_pretrain_overrides if not o.startswith("data.manifest")]
     argv = ["pretrain", "--config", "pretrain_synthetic_cpu", *overrides,
-            f"data.manifest={tmp_path / 'v2d' / '00000.parquet'}", f"data.root={folder}",
+            f"data.manifest={tmp_path / 'v2d' / '00000.parquet'}", f"data.video_root={folder}",
             "data.video_key={key}.mp4", "data.train_split=", "data.val_split=",
             "data.group_by=null", "schedule.epochs=1", f"run.out={run_dir}"]  # fmt: skip
     assert main(argv) == 0

@@ -8,7 +8,7 @@ preset or file of --config:
             the classifier trains, BatchNorm in train mode, dropout 0.8, lr 2) | linear (cpd's
             stricter probe: encoder frozen in eval mode, no BatchNorm updates) |
             linear_features (linear's protocol with features extracted once: much faster)
-  data      dataset (ucf101 | hmdb51 | ucf-layout | csv), split (1..3), video_root, split_dir,
+  data      dataset (ucf101 | hmdb51 | ucf-layout | csv), fold (1..3), video_root, split_dir,
             csv, classes, num_frames, stride, crop_size, scale_range, hflip (null: the
             dataset's dataset.json decides), cache_frames, workers
   model     init (random | a cpd export / checkpoint | an official CPD checkpoint), arch /
@@ -18,7 +18,7 @@ preset or file of --config:
             0.02), momentum, weight_decay, clip_norm (20, as official), amp
   schedule  epochs, kind (plateau: ReduceLROnPlateau on validation accuracy | step | cosine),
             patience, factor, min_lr (1e-6, as official), milestones, gamma, warmup_epochs
-  val       subset (test, as the official code | train), max_videos (a cheaper subset), clip
+  val       split (test, as the official code | train), max_videos (a cheaper subset), clip
             (random: one training-style clip per video, as official | centre)
   test      enabled, num_clips, num_crops, crop_size, scores (logits: the official mean of
             raw logits | softmax)
@@ -33,14 +33,14 @@ finetune_synthetic_cpu and linear_synthetic_cpu (the synthetic dataset on a CPU)
 The run directory receives config.yaml, metrics.jsonl, tensorboard/, last.pt every epoch
 (+ epoch_NNNN.pt), results.json (video-level top-1 / top-5, per-class accuracy, protocol, seed,
 init checkpoint, version) and export/ (for cpd test and cpd.load_model). Rerunning the same
-command resumes; SIGTERM / Ctrl-C stop with a checkpoint (exit status 143 / 130).
+command resumes; SIGTERM / Ctrl-C stop with a checkpoint (exit status 3).
 Several processes: torchrun --nproc_per_node N -m cpd finetune --config ...
 
 Examples:
   cpd finetune --config finetune_synthetic_cpu model.init=runs/pretrain_synthetic_cpu/export
   cpd finetune --config finetune_synthetic_cpu model.init=random run.out=runs/ft_random
   cpd finetune --config finetune_ucf101_r50 model.init=cpd_r50.pth \\
-      data.video_root=/data/UCF-101 data.split=2 run.out=runs/ucf_s2
+      data.video_root=/data/UCF-101 data.fold=2 run.out=runs/ucf_s2
 """
 
 from __future__ import annotations

@@ -3,11 +3,11 @@
 The configuration has six sections; any key can be set on the command line as key=value
 (values are YAML: numbers, true/false, null, [lists]) after the preset or file of --config:
 
-  data      manifest (a caption table, e.g. OUT/captions.jsonl from `cpd synth OUT`; format
+  data      manifest (a caption table, e.g. OUT/captions.jsonl from `cpd synth -o OUT`; manifest_format
             null = from its content or suffix) with video_key / caption_key / id_key (its
             columns; video_key may be a template such as {videoid}.mp4) and bad_rows (error |
             skip), or shards (webdataset tars: a directory, shards/{00000..00099}.tar, or an
-            fsspec URL) with val_shards and shuffle_buffer; root, train_split/val_split,
+            fsspec URL) with val_shards and shuffle_buffer; video_root, train_split/val_split,
             num_frames, stride, crop_size, scale_range, hflip (null: the dataset's
             dataset.json decides), cache_frames, workers
   model     arch (r3d10..r3d101), base_width, text_encoder (all-MiniLM-L6-v2 | distilbert-
@@ -29,7 +29,7 @@ The run directory receives config.yaml (resolved, with version and git revision)
 tensorboard/, last.pt every epoch (+ epoch_NNNN.pt every run.save_every), results.json and
 export/ (final weights for cpd.load_model). Rerunning the same command resumes from the latest
 readable checkpoint (run.resume=auto). SIGTERM / Ctrl-C stop at the next step with a
-checkpoint of that exact step (exit status 143 / 130); rerun the command to continue.
+checkpoint of that exact step (exit status 3); rerun the command to continue.
 
 Several processes: torchrun --nproc_per_node N -m cpd pretrain --config ... (NCCL on GPUs,
 gloo on CPUs; multi-node through torchrun's rendezvous options).
@@ -37,8 +37,8 @@ gloo on CPUs; multi-node through torchrun's rendezvous options).
 Examples:
   cpd synth data/synth
   cpd pretrain --config pretrain_synthetic_cpu data.manifest=data/synth/captions.jsonl
-  cpd pretrain --config configs/pretrain_instagram_r50.yaml data.manifest=ig/captions.json \\
-      data.root=ig/videos run.out=runs/ig_r50 optim.lr=0.05
+  cpd pretrain --config pretrain_instagram_r50 data.manifest=ig/captions.json \\
+      data.video_root=ig/videos run.out=runs/ig_r50 optim.lr=0.05
   cpd pretrain --config pretrain_instagram_r50 data.shards="shards/{00000..00999}.tar" \\
       data.val_shards=val_shards/ loss.bank_dtype=bfloat16
 """

@@ -42,11 +42,12 @@ class DataConfig:
     Attributes:
         manifest: caption manifest (JSON Lines, CSV/TSV, Parquet, a JSON list, or the
             Instagram ``.json``); ``cpd synth OUT`` writes ``OUT/captions.jsonl``.
-        root: directory the manifest's video paths are relative to (default: the manifest's).
-        format: manifest format: null (auto: from the content and suffix) or "instagram",
+        video_root: directory the manifest's video paths are relative to (default: the
+            manifest's folder).
+        manifest_format: manifest format: null (auto: from the content and suffix) or "instagram",
             "jsonl", "json", "csv", "tsv", "parquet"; a format the content contradicts is an
             error.
-        video_key: the column holding each video's path relative to ``root``, or a template
+        video_key: the column holding each video's path relative to ``video_root``, or a template
             over the row's columns (``"{videoid}.mp4"``, ``"{page_dir}/{videoid}.mp4"``).
         caption_key: the caption column.
         id_key: the video-id column (optional per row; a key other than "id" must exist).
@@ -77,8 +78,8 @@ class DataConfig:
     """
 
     manifest: str = ""
-    root: str | None = None
-    format: Literal["instagram", "jsonl", "json", "csv", "tsv", "parquet", "auto"] | None = None
+    video_root: str | None = None
+    manifest_format: Literal["instagram", "jsonl", "json", "csv", "tsv", "parquet", "auto"] | None = None
     video_key: str = "video"
     caption_key: str = "caption"
     id_key: str = "id"
@@ -217,6 +218,9 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    #: keys renamed in this release (old -> new): read under their old names with a warning
+    RENAMED = {"data.root": "data.video_root", "data.format": "data.manifest_format"}
 
 
 def load_pretrain_config(

@@ -46,13 +46,13 @@ class FinetuneData:
 
 
 def load_split(cfg: FinetuneDataConfig, subset: str) -> ActionSplit:
-    """The ``subset`` ("train" / "test") records of ``data.split`` (:mod:`cpd.data.action_sets`)."""
+    """The ``subset`` ("train" / "test") records of ``data.fold`` (:mod:`cpd.data.action_sets`)."""
     from cpd.data.action_sets import load_action_dataset
 
-    split = load_action_dataset(cfg.dataset, cfg.split, subset, video_root=cfg.video_root,
+    split = load_action_dataset(cfg.dataset, cfg.fold, subset, video_root=cfg.video_root,
                                 split_dir=cfg.split_dir, csv=cfg.csv, classes=cfg.classes)  # fmt: skip
     if not len(split):
-        raise DataError(f"data: no {subset} videos in split {cfg.split} of {cfg.dataset}")
+        raise DataError(f"data: no {subset} videos in split {cfg.fold} of {cfg.dataset}")
     return split
 
 
@@ -96,7 +96,7 @@ def build_data(cfg: FinetuneConfig, *, progress: bool = False, val: bool = True)
                           loader=cache, **clip)  # type: ignore[arg-type]  # fmt: skip
     val_set = None
     if val and cfg.run.val_every > 0:
-        source = test_split if cfg.val.subset == "test" else train_split
+        source = test_split if cfg.val.split == "test" else train_split
         records = _subsample(source.records, cfg.val.max_videos)
         if cfg.val.clip == "random":
             # the official validation clip: training-style (random window, scale jitter, random

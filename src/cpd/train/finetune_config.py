@@ -64,7 +64,7 @@ class FinetuneDataConfig:
         dataset: "ucf101" / "hmdb51" (the packaged official splits over ``video_root``, or the
             datasets' own list files in ``split_dir``), "ucf-layout" (UCF101-style lists in
             ``split_dir``, e.g. ``cpd synth``'s ``OUT/ucfTrainTestlist``), "csv".
-        split: split number 1..3.
+        fold: official split number 1..3 (UCF101 / HMDB51's split 1, 2, 3).
         video_root: folder of the videos (ucf-layout: default ``split_dir/../videos``).
         split_dir / csv / classes: list folder, CSV file (``video,label,split``), class list.
         num_frames / stride / crop_size: training clip (16 frames every 4th frame, 224 crops).
@@ -77,7 +77,7 @@ class FinetuneDataConfig:
     """
 
     dataset: Literal["ucf101", "hmdb51", "ucf-layout", "csv"] = "ucf101"
-    split: int = 1
+    fold: int = 1
     video_root: str | None = None
     split_dir: str | None = None
     csv: str | None = None
@@ -172,7 +172,7 @@ class ValConfig:
     """Validation each ``run.val_every`` epochs: clip-level accuracy of one clip per video.
 
     Attributes:
-        subset: "test" (the official code validates on the test split) or "train".
+        split: "test" (the official code validates on the test split) or "train".
         max_videos: evaluate at most this many, evenly spaced (0 = all): a cheaper estimate.
         clip: "random" (default, the official validation): one training-style clip per video,
             a random window, short side jittered in ``data.scale_range`` and a random crop, no
@@ -182,7 +182,7 @@ class ValConfig:
             for the plateau schedule, but not the official one).
     """
 
-    subset: Literal["test", "train"] = "test"
+    split: Literal["test", "train"] = "test"
     max_videos: int = 0
     clip: Literal["random", "centre"] = "random"
 
@@ -254,6 +254,9 @@ class FinetuneConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     run: FinetuneRunConfig = field(default_factory=FinetuneRunConfig)
 
+    #: keys renamed in this release (old -> new): read under their old names with a warning
+    RENAMED = {"data.split": "data.fold", "val.subset": "val.split"}
+
 
 def load_finetune_config(
     config: str | None = None, overrides: list[str] | None = None
@@ -288,8 +291,8 @@ def check_config(cfg: FinetuneConfig) -> None:
         "probe.max_iter": cfg.probe.max_iter,
     }
     check_common(cfg, positive)
-    if cfg.data.split not in (1, 2, 3):
-        raise ConfigError(f"data.split: 1, 2 or 3, got {cfg.data.split}")
+    if cfg.data.fold not in (1, 2, 3):
+        raise ConfigError(f"data.fold: 1, 2 or 3, got {cfg.data.fold}")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout: in [0, 1), got {cfg.model.dropout}")
     if not cfg.model.init:

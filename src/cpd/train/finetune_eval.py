@@ -122,7 +122,7 @@ def report(cfg: FinetuneConfig, env: Env, run_dir: Path, logger: RunLogger, mode
     t = cfg.test
     results = {
         "command": "finetune", "mode": cfg.mode, "init": cfg.model.init,
-        "dataset": cfg.data.dataset, "split": cfg.data.split, "seed": cfg.run.seed,
+        "dataset": cfg.data.dataset, "fold": cfg.data.fold, "seed": cfg.run.seed,
         "protocol": {"num_clips": t.num_clips, "num_crops": t.num_crops,
                      "num_frames": cfg.data.num_frames, "stride": cfg.data.stride,
                      "crop_size": t.crop_size or cfg.data.crop_size, "scores": t.scores,

@@ -236,7 +236,7 @@ def build_data(
                            index_dir=index_dir, official_tokens=official_tokens)  # fmt: skip
     if not cfg.manifest:
         raise ConfigError("data.manifest: required (e.g. OUT/captions.jsonl from `cpd synth OUT`)")
-    root = cfg.root if cfg.root is not None else str(Path(cfg.manifest).parent)
+    root = cfg.video_root if cfg.video_root is not None else str(Path(cfg.manifest).parent)
     hflip = resolve_hflip(cfg.hflip, [Path(cfg.manifest).parent])
     scale = tuple(cfg.scale_range) if cfg.scale_range else None
     loader = _clip_loader(cfg, scale)  # type: ignore[arg-type]
@@ -250,7 +250,7 @@ def build_data(
         max_failure_ratio=cfg.max_failure_ratio,
         loader=loader,
     )
-    records = read_caption_manifest(cfg.manifest, root, cfg.train_split or None, cfg.format,
+    records = read_caption_manifest(cfg.manifest, root, cfg.train_split or None, cfg.manifest_format,
                                     **cfg.manifest_options(), bad_rows_file=bad_rows_file)  # fmt: skip
     if not records:
         raise ConfigError(f"data.train_split: no {cfg.train_split!r} pairs in {cfg.manifest}")
@@ -275,7 +275,7 @@ def build_data(
         groups = [r.meta[cfg.group_by] for r in records]
     val_set = None
     if val and cfg.val_split:
-        val_records = read_caption_manifest(cfg.manifest, root, cfg.val_split, cfg.format,
+        val_records = read_caption_manifest(cfg.manifest, root, cfg.val_split, cfg.manifest_format,
                                             **cfg.manifest_options())  # fmt: skip
         val_records, val_absent = drop_missing(val_records)
         absent += val_absent

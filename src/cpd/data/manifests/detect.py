@@ -117,7 +117,7 @@ def _choose_format(path: Path, format: str | None, data: bytes) -> str:
             holds = _DESCRIPTIONS.get(sniffed or "", "no Parquet data")
             raise DataError(
                 f"{path}: format {explicit!r} was given, but the file holds {holds}; set the "
-                "format to null (auto: data.format=null, --format auto) to detect it from the "
+                "format to null (auto: data.manifest_format=null, --manifest-format auto) to detect it from the "
                 "content and suffix"
             )
         return explicit
