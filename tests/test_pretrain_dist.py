@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 
 import cpd
 from cpd import dist
+from cpd.eval import retrieval
 from cpd.train import pretrain as engine
 from cpd.train.config import load_pretrain_config
 from cpd.train.pretrain import evaluate_retrieval
@@ -38,7 +39,19 @@ def _worker(rank: int, port: int, overrides: list[str], out: str) -> None:
         return real_finish(trainer, info)
 
     engine._finish = finish
+    _keep_val_embeddings(os.path.join(out, f"rank{rank}_val.pt"))
     engine.pretrain(load_pretrain_config("pretrain_synthetic_cpu", overrides))
+
+
+def _keep_val_embeddings(path: str) -> None:
+    """Save the embeddings each retrieval evaluation ranks (the last call wins: the final one)."""
+    real = retrieval.retrieval_metrics
+
+    def keep(videos, texts, **kwargs):
+        torch.save({"videos": videos, "texts": texts}, path)
+        return real(videos, texts, **kwargs)
+
+    retrieval.retrieval_metrics = keep
 
 
 def _manifest_with_five_val(src, dst) -> None:
@@ -56,7 +69,10 @@ def test_two_processes_agree_and_validate_exactly(
     run_dir = tmp_path / "run"
     overrides = [*tiny_pretrain_overrides, f"data.manifest={manifest}",
                  f"data.video_root={tiny_synthetic}", f"run.out={run_dir}", "schedule.epochs=1",
-                 "schedule.unfreeze_epoch=null"]  # fmt: skip
+                 "schedule.unfreeze_epoch=null",
+                 # fp32: on a CPU with native bf16 "auto" would validate under bf16 autocast,
+                 # and the single-process check below runs in fp32
+                 "optim.amp=none"]  # fmt: skip
     mp.spawn(_worker, args=(dist.find_free_port(), overrides, str(tmp_path)), nprocs=WORLD)
 
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
@@ -75,8 +91,22 @@ def test_two_processes_agree_and_validate_exactly(
     val = {k.removeprefix("val_"): v for k, v in results["final"].items() if k.startswith("val_")}
     assert val["t2v_num_queries"] == 5
     cfg = load_pretrain_config("pretrain_synthetic_cpu", overrides)
+    real_metrics = retrieval.retrieval_metrics
     model = cpd.load_model(run_dir / "export")
     data = engine.build_data(cfg.data, model.textual_encoder.tokenizer, seed=0, val=True,
                              progress=False)  # fmt: skip
-    single = evaluate_retrieval(model, data.val, batch_size=2, device=torch.device("cpu"))
-    assert single == val
+    _keep_val_embeddings(str(tmp_path / "single_val.pt"))
+    try:
+        evaluate_retrieval(model, data.val, batch_size=2, device=torch.device("cpu"))
+    finally:
+        retrieval.retrieval_metrics = real_metrics
+    single = torch.load(tmp_path / "single_val.pt", weights_only=True)
+    gathered = torch.load(tmp_path / "rank0_val.pt", weights_only=True)
+    # the same rows in the same order, the padded repeat dropped: equal up to the rounding
+    # that other batch compositions give (which may decide a barely trained model's near-ties,
+    # so the ranks are checked on the gathered embeddings themselves)
+    for key in ("videos", "texts"):
+        assert gathered[key].shape == single[key].shape == (5, 16), key
+        torch.testing.assert_close(gathered[key], single[key], atol=1e-5, rtol=1e-4)
+    reported = retrieval.retrieval_metrics(gathered["videos"], gathered["texts"])
+    assert {k: float(v) for k, v in reported.items() if isinstance(v, (int, float))} == val
