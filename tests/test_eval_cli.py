@@ -233,4 +233,6 @@ def test_cpd_export_round_trip_from_a_training_checkpoint(tmp_path):
     assert loaded.num_classes == 5
     for key, value in model.state_dict().items():
         assert torch.equal(value, loaded.state_dict()[key]), key
+    results = json.loads((tmp_path / "export" / "results.json").read_text())
+    assert (results["command"], results["num_classes"], results["checked"]) == ("export", 5, True)
     assert cli("export", [str(tmp_path / "missing.pt"), "-o", str(tmp_path / "x")]) == 2

@@ -34,6 +34,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from cpd.config import ConfigError
     from cpd.errors import CheckpointError
+    from cpd.eval.common import results_header, write_results
     from cpd.models import CPDModel, load_model, save_model
     from cpd.train.log import format_table
 
@@ -49,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
                 raise CheckpointError(f"{out}: {key} differs after reloading the export")
     config = model.config
     files = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
-    print(format_table({
+    summary = {
         "kind": "CPD model (video + text)" if isinstance(model, CPDModel) else "video classifier",
         "arch": config.arch,
         "base_width": config.base_width,
@@ -57,7 +58,11 @@ def _run(args: argparse.Namespace) -> int:
         "text_encoder": config.text_encoder if isinstance(model, CPDModel) else "-",
         "parameters": sum(p.numel() for p in model.parameters()),
         "files": " ".join(files),
-    }, title=f"exported {args.checkpoint} -> {out}"))  # fmt: skip
+    }
+    results = results_header("export", args.checkpoint, None)
+    results.update(summary, checked=not args.no_check, out=str(out))
+    write_results(out, results)
+    print(format_table(summary, title=f"exported {args.checkpoint} -> {out}"))
     return 0
 
 
