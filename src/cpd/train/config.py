@@ -67,6 +67,9 @@ class DataConfig:
         max_failure_ratio: stop when more than this fraction of videos fail to decode.
         group_by: a manifest column whose equal values go into the same batch (whole groups;
             the synthetic set's "group": one appearance with several motions).
+        caption_neighbours: batches of groups of this many pairs whose captions are nearest
+            neighbours in the frozen text encoder's features (0 = off; see
+            :mod:`cpd.train.neighbours`): ``group_by``'s effect without a metadata column.
         shards: training pairs from webdataset tar shards instead of a manifest: a directory,
             a brace pattern (``shards/{00000..00999}.tar``), a glob, or fsspec URLs
             (``s3://``, ``gs://``, ``https://``, ``file://``); video2dataset's layout reads as is.
@@ -79,7 +82,9 @@ class DataConfig:
 
     manifest: str = ""
     video_root: str | None = None
-    manifest_format: Literal["instagram", "jsonl", "json", "csv", "tsv", "parquet", "auto"] | None = None
+    manifest_format: (
+        Literal["instagram", "jsonl", "json", "csv", "tsv", "parquet", "auto"] | None
+    ) = None
     video_key: str = "video"
     caption_key: str = "caption"
     id_key: str = "id"
@@ -98,6 +103,7 @@ class DataConfig:
     max_tokens: int = 64
     max_failure_ratio: float = 0.05
     group_by: str | None = None
+    caption_neighbours: int = 0
     shards: str | None = None
     val_shards: str | None = None
     shuffle_buffer: int = 256

@@ -393,6 +393,8 @@ def build(cfg: PretrainConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
                       val=cfg.run.val_every > 0, progress=cfg.run.progress and env.main,
                       index_dir=run_dir, official_tokens=cfg.model.text_compat,
                       bad_rows_file=run_dir / "bad_rows.jsonl" if env.main else None)  # fmt: skip
+    if cfg.data.caption_neighbours > 1:
+        data.train_groups = _neighbour_groups(cfg, model, data)
     if data.missing and env.main:
         (run_dir / "missing_videos.txt").write_text("".join(f"{p}\n" for p in data.missing))
     if len(data.train) < cfg.optim.batch_size:
@@ -411,6 +413,19 @@ def build(cfg: PretrainConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
     return Trainer(cfg=cfg, env=env, run_dir=run_dir, data=data, model=model, loss_fn=loss_fn,
                    optimizer=optimizer, scaler=scaler, amp_dtype=amp_dtype, logger=logger,
                    batch_per_rank=per_rank)  # fmt: skip
+
+
+def _neighbour_groups(cfg: PretrainConfig, model: CPDModel, data: PretrainData) -> list[int]:
+    """``data.caption_neighbours``: groups of nearest captions (:mod:`cpd.train.neighbours`)."""
+    from cpd.train.neighbours import caption_features, neighbour_groups
+
+    if cfg.data.group_by:
+        raise ConfigError("data.caption_neighbours and data.group_by: choose one way to batch")
+    train = data.train
+    if not hasattr(train, "input_ids"):
+        raise ConfigError("data.caption_neighbours: needs a manifest (shards stream in order)")
+    feats = caption_features(model.textual_encoder, train.input_ids, train.attention_mask)
+    return neighbour_groups(feats, cfg.data.caption_neighbours, cfg.run.seed)
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:

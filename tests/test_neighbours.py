@@ -1,0 +1,49 @@
+"""Batches of caption neighbours: the grouping, and pretraining batching by it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cpd.config import ConfigError
+from cpd.train import pretrain as engine
+from cpd.train.config import load_pretrain_config
+from cpd.train.neighbours import neighbour_groups
+
+
+def test_groups_are_nearest_neighbours_and_cover_every_row():
+    g = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(3, 16, generator=g), dim=1)
+    rows = torch.cat([c + 0.05 * torch.randn(4, 16, generator=g) for c in centres])
+    feats = F.normalize(rows[torch.randperm(12, generator=g)], dim=1)
+    cluster = (feats @ centres.T).argmax(1).tolist()
+    groups = neighbour_groups(feats, 4, seed=0)
+    assert sorted(groups) == [0] * 4 + [1] * 4 + [2] * 4  # every row once, groups of 4
+    for gid in range(3):  # each group is one cluster
+        assert len({c for c, x in zip(cluster, groups, strict=True) if x == gid}) == 1
+    assert neighbour_groups(feats, 4, seed=0) == groups  # a function of the seed
+    assert sorted(neighbour_groups(feats[:10], 4, seed=1)).count(2) == 2  # the last is smaller
+
+
+def test_pretraining_batches_caption_neighbours(tiny_pretrain_overrides, tmp_path, monkeypatch):
+    seen = {}
+    real = engine.make_loader
+
+    def spy(dataset, **kwargs):
+        if kwargs.get("train"):
+            seen["groups"] = kwargs.get("groups")
+        return real(dataset, **kwargs)
+
+    monkeypatch.setattr(engine, "make_loader", spy)
+    cfg = load_pretrain_config("pretrain_synthetic_cpu", [
+        *tiny_pretrain_overrides, "data.group_by=null", "data.caption_neighbours=4",
+        "schedule.epochs=1", "run.val_every=0", f"run.out={tmp_path / 'run'}"])  # fmt: skip
+    engine.pretrain(cfg)
+    groups = seen["groups"]
+    assert groups is not None and len(groups) == 12
+    assert sorted(groups.count(x) for x in set(groups)) == [4, 4, 4]
+    with pytest.raises(ConfigError, match="choose one"):
+        engine.pretrain(load_pretrain_config("pretrain_synthetic_cpu", [
+            *tiny_pretrain_overrides, "data.caption_neighbours=4",
+            f"run.out={tmp_path / 'other'}"]))  # fmt: skip
