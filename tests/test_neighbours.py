@@ -1,15 +1,20 @@
-"""Batches of caption neighbours: the grouping, and pretraining batching by it."""
+"""Batches of neighbours: look-alike videos and near captions, and pretraining batching by
+them."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from cpd.config import ConfigError
+from cpd.data import read_caption_manifest
+from cpd.data.datasets import VideoCaptionDataset
 from cpd.train import pretrain as engine
 from cpd.train.config import load_pretrain_config
-from cpd.train.neighbours import neighbour_groups
+from cpd.train.neighbours import appearance_features, neighbour_groups
 
 
 def test_groups_are_nearest_neighbours_and_cover_every_row():
@@ -47,3 +52,40 @@ def test_pretraining_batches_caption_neighbours(tiny_pretrain_overrides, tmp_pat
         engine.pretrain(load_pretrain_config("pretrain_synthetic_cpu", [
             *tiny_pretrain_overrides, "data.caption_neighbours=4",
             f"run.out={tmp_path / 'other'}"]))  # fmt: skip
+
+
+def test_look_alike_videos_group_as_the_synthetic_sets_appearance_groups(tiny_synthetic):
+    # cpd synth renders each appearance with 4 motions; the descriptor knows nothing of that
+    rows = [json.loads(x) for x in (tiny_synthetic / "captions.jsonl").read_text().splitlines()]
+    records = read_caption_manifest(tiny_synthetic / "captions.jsonl", tiny_synthetic, None)
+    feats = appearance_features(VideoCaptionDataset(records, None, train=True))
+    groups = neighbour_groups(feats, 4, seed=0)
+    members: dict[int, list[int]] = {}
+    for gid, row in zip(groups, rows, strict=True):
+        members.setdefault(gid, []).append(row["group"])
+    assert sorted(len(m) for m in members.values()) == [4, 4, 4, 4]
+    assert all(len(set(m)) == 1 for m in members.values()), members
+    assert all(
+        len({r["motion"] for r in rows if r["group"] == m[0]}) == 4 for m in members.values()
+    )
+
+
+def test_pretraining_batches_look_alike_videos(tiny_pretrain_overrides, tmp_path, monkeypatch):
+    seen = {}
+    real = engine.make_loader
+
+    def spy(dataset, **kwargs):
+        if kwargs.get("train"):
+            seen["groups"] = kwargs.get("groups")
+        return real(dataset, **kwargs)
+
+    monkeypatch.setattr(engine, "make_loader", spy)
+    cfg = load_pretrain_config("pretrain_synthetic_cpu", [
+        *tiny_pretrain_overrides, "data.group_by=null", "data.video_neighbours=4",
+        "schedule.epochs=1", "run.val_every=0", f"run.out={tmp_path / 'run'}"])  # fmt: skip
+    engine.pretrain(cfg)
+    assert sorted(seen["groups"].count(x) for x in set(seen["groups"])) == [4, 4, 4]
+    with pytest.raises(ConfigError, match="choose one"):
+        engine.pretrain(load_pretrain_config("pretrain_synthetic_cpu", [
+            *tiny_pretrain_overrides, "data.group_by=null", "data.video_neighbours=4",
+            "data.caption_neighbours=4", f"run.out={tmp_path / 'other'}"]))  # fmt: skip

@@ -67,9 +67,10 @@ class DataConfig:
         max_failure_ratio: stop when more than this fraction of videos fail to decode.
         group_by: a manifest column whose equal values go into the same batch (whole groups;
             the synthetic set's "group": one appearance with several motions).
-        caption_neighbours: batches of groups of this many pairs whose captions are nearest
-            neighbours in the frozen text encoder's features (0 = off; see
-            :mod:`cpd.train.neighbours`): ``group_by``'s effect without a metadata column.
+        video_neighbours: batches of groups of this many pairs whose videos look alike
+            (nearest still-appearance descriptors; 0 = off; see :mod:`cpd.train.neighbours`):
+            ``group_by``'s effect without a metadata column.
+        caption_neighbours: the same with groups of nearest captions (frozen text features).
         shards: training pairs from webdataset tar shards instead of a manifest: a directory,
             a brace pattern (``shards/{00000..00999}.tar``), a glob, or fsspec URLs
             (``s3://``, ``gs://``, ``https://``, ``file://``); video2dataset's layout reads as is.
@@ -103,6 +104,7 @@ class DataConfig:
     max_tokens: int = 64
     max_failure_ratio: float = 0.05
     group_by: str | None = None
+    video_neighbours: int = 0
     caption_neighbours: int = 0
     shards: str | None = None
     val_shards: str | None = None
@@ -242,6 +244,10 @@ def load_pretrain_config(
 def check_config(cfg: PretrainConfig) -> None:
     """Reject values that cannot work, naming the key (world-size checks come at run time)."""
     check_common(cfg, {"data.shuffle_buffer": cfg.data.shuffle_buffer})
+    for key in ("video_neighbours", "caption_neighbours"):
+        if getattr(cfg.data, key) < 0:
+            raise ConfigError(f"data.{key}: a group size >= 2, or 0 (off), got "
+                              f"{getattr(cfg.data, key)}")  # fmt: skip
     if cfg.model.num_classes != 0:
         raise ConfigError("model.num_classes: must be 0 for pretraining (the two-tower model)")
     if cfg.loss.num_negatives < 1:

@@ -1,27 +1,36 @@
-"""Batches of caption neighbours: groups of pairs whose captions are close in the frozen text
-encoder's feature space, so that what tells a batch's pairs apart is what their captions say
-differently (often the motion) rather than everything at once.
+"""Batches of neighbours: groups of training pairs that are alike, so that what tells a batch's
+pairs apart is the rest (often the motion) rather than everything at once. The metadata-free
+counterparts of ``data.group_by``:
 
-``data.caption_neighbours=k`` groups the training pairs into groups of ``k`` (the last ones
-smaller) before training: a seed caption, drawn in an order from ``seed``, takes the ``k - 1``
-unassigned captions nearest to it (cosine similarity of the pooled features of the frozen text
-encoder, the same features the text-feature cache holds). The groups are then batched whole by
-:class:`~cpd.train.loader.GroupedSampler`, shuffled every epoch. It needs nothing but the
-captions: no metadata column, unlike ``data.group_by``.
+* ``data.video_neighbours=k``: groups of ``k`` videos that *look* alike: nearest neighbours by a
+  still-appearance descriptor (the centre clip at 32 px, averaged over time, pooled to 8 x 8 x 3,
+  centred over the dataset). Look-alike videos with different captions can only be told apart
+  by what differs over time; on the synthetic set 67% of the pairs inside such groups share
+  their appearance group (what ``group_by=group`` batches), against 10% for caption neighbours.
+* ``data.caption_neighbours=k``: groups of ``k`` captions that are nearest neighbours in the
+  frozen text encoder's pooled features (the same features the text-feature cache holds).
 
-Cost: one text-encoder pass over the captions and ``N / k`` similarity rows of length ``N``
-(``O(N² / k)``): seconds for 10k pairs; for corpora of millions, prefer shards and random
-batches.
+Either way the groups are greedy: a seed pair, drawn in an order from ``seed``, takes the
+``k - 1`` unassigned pairs nearest to it (cosine similarity), the last groups smaller. They are
+batched whole by :class:`~cpd.train.loader.GroupedSampler`, shuffled every epoch. They need
+random access to the pairs (a manifest, or shards with ``data.cache_frames``).
+
+Cost: one pass over the videos (a 32 px centre clip each; from memory with the frame cache) or
+one text-encoder pass over the captions, and ``N / k`` similarity rows of length ``N``
+(``O(N^2 / k)``): seconds for 10k pairs; for corpora of millions, prefer random batches.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from cpd.data.datasets import derive_seed
+from cpd.errors import VideoDecodeError
 
-__all__ = ["caption_features", "neighbour_groups"]
+__all__ = ["appearance_features", "caption_features", "neighbour_groups"]
 
 _GROUP_STREAM = 31
 
@@ -45,6 +54,29 @@ def caption_features(
         parts.append(text_encoder.encode_tokens(ids, mask).float().cpu())
     text_encoder.train(was_training)
     return F.normalize(torch.cat(parts), dim=1)
+
+
+@torch.no_grad()
+def appearance_features(
+    dataset: Any, *, size: int = 32, grid: int = 8, progress: bool = False
+) -> torch.Tensor:
+    """Unit still-appearance descriptors ``[N, 3 * grid * grid]`` of a dataset's videos (see
+    the module docstring), loaded through ``dataset.loader`` (the frame cache when there is
+    one). A video that cannot be decoded gets a zero descriptor: it groups with nothing in
+    particular, and training's failure policy deals with it as with any bad video."""
+    from tqdm import tqdm
+
+    rows = []
+    for path in tqdm(dataset.paths, desc="video neighbours", disable=not progress):
+        try:
+            clip = dataset.loader(path, num_frames=8, stride=4, crop_size=size, train=False)
+        except VideoDecodeError:
+            rows.append(torch.zeros(3 * grid * grid))
+            continue
+        rows.append(F.adaptive_avg_pool2d(clip.float().mean(dim=1), grid).flatten())
+    feats = torch.stack(rows)
+    # centred: what the videos share (the synthetic set's grey ground) says nothing
+    return F.normalize(feats - feats.mean(dim=0, keepdim=True), dim=1)
 
 
 def neighbour_groups(features: torch.Tensor, size: int, seed: int) -> list[int]:

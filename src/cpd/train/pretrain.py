@@ -393,8 +393,8 @@ def build(cfg: PretrainConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
                       val=cfg.run.val_every > 0, progress=cfg.run.progress and env.main,
                       index_dir=run_dir, official_tokens=cfg.model.text_compat,
                       bad_rows_file=run_dir / "bad_rows.jsonl" if env.main else None)  # fmt: skip
-    if cfg.data.caption_neighbours > 1:
-        data.train_groups = _neighbour_groups(cfg, model, data)
+    if cfg.data.caption_neighbours > 1 or cfg.data.video_neighbours > 1:
+        data.train_groups = _neighbour_groups(cfg, model, data, progress=env.main)
     if data.missing and env.main:
         (run_dir / "missing_videos.txt").write_text("".join(f"{p}\n" for p in data.missing))
     if len(data.train) < cfg.optim.batch_size:
@@ -415,17 +415,26 @@ def build(cfg: PretrainConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
                    batch_per_rank=per_rank)  # fmt: skip
 
 
-def _neighbour_groups(cfg: PretrainConfig, model: CPDModel, data: PretrainData) -> list[int]:
-    """``data.caption_neighbours``: groups of nearest captions (:mod:`cpd.train.neighbours`)."""
-    from cpd.train.neighbours import caption_features, neighbour_groups
+def _neighbour_groups(
+    cfg: PretrainConfig, model: CPDModel, data: PretrainData, progress: bool
+) -> list[int]:
+    """``data.video_neighbours`` / ``data.caption_neighbours``: groups of look-alike videos or
+    of near captions (:mod:`cpd.train.neighbours`), batched whole."""
+    from cpd.train.neighbours import appearance_features, caption_features, neighbour_groups
 
-    if cfg.data.group_by:
-        raise ConfigError("data.caption_neighbours and data.group_by: choose one way to batch")
+    d = cfg.data
+    if sum(bool(x) for x in (d.group_by, d.video_neighbours > 1, d.caption_neighbours > 1)) > 1:
+        raise ConfigError("data.group_by, data.video_neighbours and data.caption_neighbours: "
+                          "choose one way to batch")  # fmt: skip
     train = data.train
     if not hasattr(train, "input_ids"):
-        raise ConfigError("data.caption_neighbours: needs a manifest (shards stream in order)")
+        raise ConfigError("data.video_neighbours / data.caption_neighbours need random access "
+                          "to the pairs: a manifest, or shards with data.cache_frames=true")  # fmt: skip
+    if d.video_neighbours > 1:
+        feats = appearance_features(train, progress=progress and cfg.run.progress)
+        return neighbour_groups(feats, d.video_neighbours, cfg.run.seed)
     feats = caption_features(model.textual_encoder, train.input_ids, train.attention_mask)
-    return neighbour_groups(feats, cfg.data.caption_neighbours, cfg.run.seed)
+    return neighbour_groups(feats, d.caption_neighbours, cfg.run.seed)
 
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
