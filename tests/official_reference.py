@@ -5,7 +5,7 @@ slow-only 3D ResNet over a raw state dict (``F.conv3d`` / ``F.batch_norm`` in ev
 "A" as stride-subsample + zero channel padding), and the official text path (``encode`` with
 [CLS]/[SEP], first 64 tokens, zero padding, DistilBERT called without attention mask, mean over
 non-padding tokens, text head, L2 norm). Also builds random official-format checkpoints from the
-key schemas in ``shared/reference``.
+key schemas in ``tests/data`` (copied from ``shared/reference``).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-# ../shared beside the repository root
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference"
+# the key schemas of the released checkpoints (copies of ../shared/reference/*.json, kept in the
+# repository so that the tests need nothing beside it)
+SCHEMA_DIR = Path(__file__).resolve().parent / "data"
 PRETRAIN_SCHEMA = SCHEMA_DIR / "official_cpd_r50_checkpoint_keys.json"
 FINETUNE_SCHEMA = SCHEMA_DIR / "official_cpd_r50_finetune_keys.json"
 BANK_KEYS = ("module.vis_memory", "module.text_memory")
