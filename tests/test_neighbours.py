@@ -42,7 +42,7 @@ def test_pretraining_batches_caption_neighbours(tiny_pretrain_overrides, tmp_pat
 
     monkeypatch.setattr(engine, "make_loader", spy)
     cfg = load_pretrain_config("pretrain_synthetic_cpu", [
-        *tiny_pretrain_overrides, "data.group_by=null", "data.caption_neighbours=4",
+        *tiny_pretrain_overrides, "data.video_neighbours=0", "data.caption_neighbours=4",
         "schedule.epochs=1", "run.val_every=0", f"run.out={tmp_path / 'run'}"])  # fmt: skip
     engine.pretrain(cfg)
     groups = seen["groups"]

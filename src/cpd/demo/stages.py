@@ -43,7 +43,7 @@ __all__ = ["StageClock", "clear", "eta_seconds", "run_demo"]
 STAGES = ("synthetic data", "pretraining", "retrieval and zero-shot", "linear probes", "report")
 # Seconds each stage took on a busy 2-core CPU (quick, full); the ETA scales them by how fast
 # this machine has been on the stages it ran so far.
-ESTIMATES = {True: (20.0, 35.0, 8.0, 10.0, 1.0), False: (30.0, 420.0, 6.0, 31.0, 1.0)}
+ESTIMATES = {True: (20.0, 35.0, 8.0, 10.0, 1.0), False: (30.0, 600.0, 6.0, 31.0, 1.0)}
 
 
 # --- progress -----------------------------------------------------------------------------

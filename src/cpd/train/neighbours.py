@@ -13,7 +13,8 @@ counterparts of ``data.group_by``:
 Either way the groups are greedy: a seed pair, drawn in an order from ``seed``, takes the
 ``k - 1`` unassigned pairs nearest to it (cosine similarity), the last groups smaller. They are
 batched whole by :class:`~cpd.train.loader.GroupedSampler`, shuffled every epoch. They need
-random access to the pairs (a manifest, or shards with ``data.cache_frames``).
+random access to the pairs: a manifest (with ``data.shards`` they are not used, a warning says
+so, as for ``group_by``).
 
 Cost: one pass over the videos (a 32 px centre clip each; from memory with the frame cache) or
 one text-encoder pass over the captions, and ``N / k`` similarity rows of length ``N``

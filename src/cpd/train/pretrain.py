@@ -394,7 +394,11 @@ def build(cfg: PretrainConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
                       index_dir=run_dir, official_tokens=cfg.model.text_compat,
                       bad_rows_file=run_dir / "bad_rows.jsonl" if env.main else None)  # fmt: skip
     if cfg.data.caption_neighbours > 1 or cfg.data.video_neighbours > 1:
-        data.train_groups = _neighbour_groups(cfg, model, data, progress=env.main)
+        if cfg.data.shards:  # as group_by: batches composed by content need a manifest
+            log.warning("data.video_neighbours / data.caption_neighbours are manifest options: "
+                        "not used with data.shards")  # fmt: skip
+        else:
+            data.train_groups = _neighbour_groups(cfg, model, data, progress=env.main)
     if data.missing and env.main:
         (run_dir / "missing_videos.txt").write_text("".join(f"{p}\n" for p in data.missing))
     if len(data.train) < cfg.optim.batch_size:
@@ -427,9 +431,6 @@ def _neighbour_groups(
         raise ConfigError("data.group_by, data.video_neighbours and data.caption_neighbours: "
                           "choose one way to batch")  # fmt: skip
     train = data.train
-    if not hasattr(train, "input_ids"):
-        raise ConfigError("data.video_neighbours / data.caption_neighbours need random access "
-                          "to the pairs: a manifest, or shards with data.cache_frames=true")  # fmt: skip
     if d.video_neighbours > 1:
         feats = appearance_features(train, progress=progress and cfg.run.progress)
         return neighbour_groups(feats, d.video_neighbours, cfg.run.seed)
