@@ -213,7 +213,8 @@ def test_cpd_embed_videos_and_captions(cpd_model, classifier, tiny_synthetic, tm
     captions.write_text("a red square moving left\n\na blue star growing\n")
     out3 = tmp_path / "emb3"
     assert (
-        cli("embed", [cpd_model, "--caption-file", str(captions), "--out", str(out3), "--quiet"]) == 0
+        cli("embed", [cpd_model, "--caption-file", str(captions), "--out", str(out3), "--quiet"])
+        == 0
     )
     assert read_embeddings(out3 / "texts.npy")[1] == ["1", "3"]
     model = cpd.load_model(cpd_model)
