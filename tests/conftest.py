@@ -7,6 +7,13 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _outside_the_checkout(tmp_path_factory, monkeypatch):
+    """Every test runs in a folder of its own: a command's default output folder
+    (``runs/COMMAND``) lands there, never in the checkout."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture(scope="session")
 def tiny_synthetic(tmp_path_factory) -> Path:
     """16 synthetic videos of 32x32 px, 24 frames (12 train / 4 val); returns the directory."""
