@@ -3,13 +3,15 @@
 The configuration has six sections; any key can be set on the command line as key=value
 (values are YAML: numbers, true/false, null, [lists]) after the preset or file of --config:
 
-  data      manifest (a caption table, e.g. OUT/captions.jsonl from `cpd synth -o OUT`; manifest_format
-            null = from its content or suffix) with video_key / caption_key / id_key (its
-            columns; video_key may be a template such as {videoid}.mp4) and bad_rows (error |
-            skip), or shards (webdataset tars: a directory, shards/{00000..00099}.tar, or an
+  data      manifest (a caption table, e.g. OUT/captions.jsonl from `cpd synth -o OUT`;
+            manifest_format null = from its content or suffix) with video_key / caption_key /
+            id_key (its columns; video_key may be a template such as {videoid}.mp4) and
+            bad_rows (error | skip), or shards (webdataset tars: a directory, shards/{00000..00099}.tar, or an
             fsspec URL) with val_shards and shuffle_buffer; video_root, train_split/val_split,
             num_frames, stride, crop_size, scale_range, hflip (null: the dataset's
-            dataset.json decides), cache_frames, workers
+            dataset.json decides), cache_frames, workers; batches of look-alike videos
+            (video_neighbours: k), of near captions (caption_neighbours: k) or of a column's
+            groups (group_by)
   model     arch (r3d10..r3d101), base_width, text_encoder (all-MiniLM-L6-v2 | distilbert-
             base-uncased | a local HF directory), embed_dim, dropout
   loss      kind (nce | infonce), num_negatives, temperature, momentum, hard_negatives
