@@ -31,7 +31,8 @@ def test_groups_are_nearest_neighbours_and_cover_every_row():
     assert sorted(neighbour_groups(feats[:10], 4, seed=1)).count(2) == 2  # the last is smaller
 
 
-def test_pretraining_batches_caption_neighbours(tiny_pretrain_overrides, tmp_path, monkeypatch):
+def _spy_on_train_groups(monkeypatch) -> dict:
+    """``seen["groups"]``: the groups pretraining hands its training loader."""
     seen = {}
     real = engine.make_loader
 
@@ -41,6 +42,11 @@ def test_pretraining_batches_caption_neighbours(tiny_pretrain_overrides, tmp_pat
         return real(dataset, **kwargs)
 
     monkeypatch.setattr(engine, "make_loader", spy)
+    return seen
+
+
+def test_pretraining_batches_caption_neighbours(tiny_pretrain_overrides, tmp_path, monkeypatch):
+    seen = _spy_on_train_groups(monkeypatch)
     cfg = load_pretrain_config("pretrain_synthetic_cpu", [
         *tiny_pretrain_overrides, "data.video_neighbours=0", "data.caption_neighbours=4",
         "schedule.epochs=1", "run.val_every=0", f"run.out={tmp_path / 'run'}"])  # fmt: skip
@@ -71,15 +77,7 @@ def test_look_alike_videos_group_as_the_synthetic_sets_appearance_groups(tiny_sy
 
 
 def test_pretraining_batches_look_alike_videos(tiny_pretrain_overrides, tmp_path, monkeypatch):
-    seen = {}
-    real = engine.make_loader
-
-    def spy(dataset, **kwargs):
-        if kwargs.get("train"):
-            seen["groups"] = kwargs.get("groups")
-        return real(dataset, **kwargs)
-
-    monkeypatch.setattr(engine, "make_loader", spy)
+    seen = _spy_on_train_groups(monkeypatch)
     cfg = load_pretrain_config("pretrain_synthetic_cpu", [
         *tiny_pretrain_overrides, "data.group_by=null", "data.video_neighbours=4",
         "schedule.epochs=1", "run.val_every=0", f"run.out={tmp_path / 'run'}"])  # fmt: skip

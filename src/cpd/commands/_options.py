@@ -57,18 +57,21 @@ EXIT_HELP = "exit status:\n" + "\n".join(
 )
 
 
-def exit_status(command: str, exc: BaseException) -> int:
-    """Print ``cpd COMMAND: error: exc`` on stderr and return the status of the table above.
+def exit_status(command: str, exc: BaseException, *, speak: bool = True) -> int:
+    """The status of the table above for ``exc``, after ``cpd COMMAND: error: exc`` on stderr
+    (unless not ``speak``: the ranks other than 0 of a torchrun job).
 
     Only :class:`~cpd.errors.CPDError` (and ``KeyboardInterrupt``) come here: our own bugs
     propagate with their traceback (Python's exit status 1).
     """
     from cpd.train.run import TrainingDiverged, TrainingInterrupted
 
-    if isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)):
-        print(f"cpd {command}: stopped: {exc or 'interrupted'}", file=sys.stderr)
+    stopped = isinstance(exc, (TrainingInterrupted, KeyboardInterrupt))
+    if speak:
+        what = f"stopped: {exc or 'interrupted'}" if stopped else f"error: {exc}"
+        print(f"cpd {command}: {what}", file=sys.stderr)
+    if stopped:
         return EXIT_STOPPED
-    print(f"cpd {command}: error: {exc}", file=sys.stderr)
     return EXIT_FAILED if isinstance(exc, TrainingDiverged) else EXIT_BAD_INPUT
 
 

@@ -88,18 +88,5 @@ def run_training(
     try:
         train()(cfg)
     except (CPDError, KeyboardInterrupt) as exc:
-        if not main_rank:  # only rank 0 speaks
-            return exit_status_quiet(exc)
-        return exit_status(name, exc)
+        return exit_status(name, exc, speak=main_rank)  # only rank 0 speaks
     return 0
-
-
-def exit_status_quiet(exc: BaseException) -> int:
-    """:func:`~cpd.commands._options.exit_status` without the message (ranks other than 0)."""
-    import contextlib
-    import io
-
-    from cpd.commands._options import exit_status
-
-    with contextlib.redirect_stderr(io.StringIO()):
-        return exit_status("", exc)

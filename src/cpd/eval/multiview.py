@@ -101,13 +101,7 @@ def multiview_dataset(
                         ("num_frames", num_frames), ("stride", stride), ("crop_size", crop_size)):  # fmt: skip
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    extra: dict[str, Any] = {}
-    if fps is not None:
-        extra["target_fps"] = float(fps)
-    if mean is not None:
-        extra["mean"] = tuple(float(v) for v in mean)
-    if std is not None:
-        extra["std"] = tuple(float(v) for v in std)
+    extra = clip_overrides(fps, mean, std)
     load = loader or load_clips
     if extra:
         load = functools.partial(load, **extra)
@@ -139,6 +133,21 @@ class VideoOutputs:
         mask = torch.ones(len(self.index), dtype=torch.bool)
         mask[list(self.failed)] = False
         return mask
+
+
+def clip_overrides(
+    fps: float | None, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> dict[str, Any]:
+    """The clip loaders' ``target_fps`` / ``mean`` / ``std`` keywords for the settings given
+    (``None``: the loader's default)."""
+    extra: dict[str, Any] = {}
+    if fps is not None:
+        extra["target_fps"] = float(fps)
+    if mean is not None:
+        extra["mean"] = tuple(float(v) for v in mean)
+    if std is not None:
+        extra["std"] = tuple(float(v) for v in std)
+    return extra
 
 
 @torch.no_grad()

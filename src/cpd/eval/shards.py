@@ -26,6 +26,7 @@ from cpd.data.shards import ShardIndex, shared_shard_index
 from cpd.data.stream import ShardDataset
 from cpd.eval.embed import EmbeddingChunk
 from cpd.eval.gather import gather_embeddings
+from cpd.eval.multiview import clip_overrides
 
 __all__ = [
     "ShardEmbeddings",
@@ -148,13 +149,7 @@ def shard_chunks(
     collective."""
     from cpd.eval.common import progress
 
-    extra: dict[str, Any] = {}
-    if fps is not None:
-        extra["target_fps"] = float(fps)
-    if mean is not None:
-        extra["mean"] = tuple(float(v) for v in mean)
-    if std is not None:
-        extra["std"] = tuple(float(v) for v in std)
+    extra = clip_overrides(fps, mean, std)
     tokenizer = model.textual_encoder.tokenizer if texts else _NoTokenizer()
     dataset = ShardDataset(index, tokenizer, train=False, num_frames=num_frames, stride=stride,
                            crop_size=crop_size, max_failure_ratio=1.0, caption_key=caption_key,

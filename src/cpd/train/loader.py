@@ -176,12 +176,12 @@ def _shard_data(
 ) -> PretrainData:  # fmt: skip
     """Datasets streamed from ``data.shards`` (and ``data.val_shards``), or, with
     ``data.cache_frames``, read once into the frame cache and served like a manifest's."""
-    if cfg.group_by:
-        # the synthetic preset batches by its manifest's group column; a stream has no
-        # random access to compose batches from, so shards train on the planned order
-        log.warning(
-            "data.group_by=%s is a manifest option: not used with data.shards", cfg.group_by
-        )
+    composed = [f"data.{k}" for k in ("group_by", "video_neighbours", "caption_neighbours")
+                if getattr(cfg, k, None) not in (None, 0, 1)]  # fmt: skip
+    if composed:
+        # batches composed by content need random access to the pairs; a stream has none, so
+        # shards train on the planned order
+        log.warning("%s: manifest options, not used with data.shards", ", ".join(composed))
     dirs = [index_dir] if index_dir is not None else []
     spec = cfg.shards or ""
     first = spec.split("::")[0]

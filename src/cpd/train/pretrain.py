@@ -393,12 +393,9 @@ def build(cfg: PretrainConfig, env: Env, run_dir: Path, logger: RunLogger) -> Tr
                       val=cfg.run.val_every > 0, progress=cfg.run.progress and env.main,
                       index_dir=run_dir, official_tokens=cfg.model.text_compat,
                       bad_rows_file=run_dir / "bad_rows.jsonl" if env.main else None)  # fmt: skip
-    if cfg.data.caption_neighbours > 1 or cfg.data.video_neighbours > 1:
-        if cfg.data.shards:  # as group_by: batches composed by content need a manifest
-            log.warning("data.video_neighbours / data.caption_neighbours are manifest options: "
-                        "not used with data.shards")  # fmt: skip
-        else:
-            data.train_groups = _neighbour_groups(cfg, model, data, progress=env.main)
+    neighbours = cfg.data.caption_neighbours > 1 or cfg.data.video_neighbours > 1
+    if neighbours and not cfg.data.shards:  # shards: build_data said they are not used
+        data.train_groups = _neighbour_groups(cfg, model, data, progress=env.main)
     if data.missing and env.main:
         (run_dir / "missing_videos.txt").write_text("".join(f"{p}\n" for p in data.missing))
     if len(data.train) < cfg.optim.batch_size:
