@@ -25,7 +25,12 @@ _SPLITS = ("test", "train", "all")
 
 
 class _SplitOrFold(argparse.Action):
-    """``--split NAME``; a number (older releases' ``--split 1 2 3``) means ``--fold``."""
+    """``--split NAME``; a number (older releases' ``--split 1 2 3``) means ``--fold``
+    (a list of them where ``several`` folds are taken)."""
+
+    def __init__(self, option_strings: list[str], dest: str, *, several: bool, **kwargs: Any):
+        self.several = several
+        super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:  # fmt: skip
@@ -34,7 +39,7 @@ class _SplitOrFold(argparse.Action):
             warn_deprecated(parser.prog, f"--split {' '.join(values)} (a split number)",
                             f"--fold {' '.join(values)}")  # fmt: skip
             folds = [int(v) for v in values]
-            namespace.fold = folds if isinstance(self.const, list) else folds[0]
+            namespace.fold = folds if self.several else folds[0]
             return
         if len(values) != 1 or values[0] not in _SPLITS:
             parser.error(f"--split: one of {', '.join(_SPLITS)}, got {' '.join(values)}")
@@ -50,7 +55,7 @@ def add_dataset_options(parser: argparse.ArgumentParser, *, several_folds: bool)
     add_option(g, "fold", type=int, nargs="+" if several_folds else None, metavar="N",
                default=[1] if several_folds else 1)  # fmt: skip
     g.add_argument("--split", action=_SplitOrFold, nargs="+", default="test", metavar="NAME",
-                   const=[] if several_folds else None,
+                   several=several_folds,
                    help="which videos of the fold: test (default), train or all")  # fmt: skip
     add_option(g, "video_root", metavar="DIR", help="folder of the videos (<root>/<Class>/<video>)")
     g.add_argument("--split-dir", help="folder of the official list files")

@@ -97,38 +97,38 @@ SHARED_OPTIONS: dict[str, SharedOption] = {
         "output directory: results.json, checkpoints, files written",
         "run.out",
         "runs/COMMAND (data/synth for synth; required by prepare and export)",
-    ),  # fmt: skip
+    ),
     "video_root": SharedOption(
         ("--video-root",),
         None,
         "folder the video paths are relative to",
         "data.video_root",
         "the manifest's or list's folder",
-    ),  # fmt: skip
+    ),
     "manifest": SharedOption(
         ("--manifest",),
         None,
         "video-caption manifest (.jsonl, .csv, .tsv, .json, .parquet, Instagram .json)",
         "data.manifest",
-    ),  # fmt: skip
+    ),
     "manifest_format": SharedOption(
         ("--manifest-format",),
         "auto",
         "manifest format (auto: from the content and suffix)",
         "data.manifest_format",
-    ),  # fmt: skip
+    ),
     "video_key": SharedOption(
         ("--video-key",),
         "video",
         "manifest column of the video path, or a template such as '{videoid}.mp4'",
         "data.video_key",
-    ),  # fmt: skip
+    ),
     "caption_key": SharedOption(
         ("--caption-key",), "caption", "manifest column of the caption", "data.caption_key"
-    ),  # fmt: skip
+    ),
     "id_key": SharedOption(
         ("--id-key",), "id", "manifest column of the video id (optional)", "data.id_key"
-    ),  # fmt: skip
+    ),
     "bad_rows": SharedOption(
         ("--bad-rows",),
         "error",
@@ -136,7 +136,7 @@ SHARED_OPTIONS: dict[str, SharedOption] = {
         "listing them all) or skip (left out, written to "
         "OUT/bad_rows.jsonl)",
         "data.bad_rows",
-    ),  # fmt: skip
+    ),
     "split": SharedOption(
         ("--split",),
         None,
@@ -145,20 +145,20 @@ SHARED_OPTIONS: dict[str, SharedOption] = {
         "all)",
         None,
         "val for retrieval, test for test / zeroshot, every row for prepare",
-    ),  # fmt: skip
+    ),
     "fold": SharedOption(
         ("--fold",),
         None,
         "UCF101 / HMDB51 official split number(s) 1..3",
         "data.fold",
-        "1 2 3 for test, 1 for zeroshot",
-    ),  # fmt: skip
+        "1",
+    ),
     "device": SharedOption(
         ("--device",),
         "auto",
         "auto (a GPU when there is one), cpu, cuda (one GPU per process under torchrun)",
         "run.device",
-    ),  # fmt: skip
+    ),
     "seed": SharedOption(("--seed",), 0, "seed of everything random", "run.seed"),
     "batch_size": SharedOption(
         ("--batch-size",),
@@ -167,20 +167,20 @@ SHARED_OPTIONS: dict[str, SharedOption] = {
         "(each of N processes takes 1/N; open_clip's is per GPU)",
         "optim.batch_size",
         "the preset's for training, 4 videos for evaluation",
-    ),  # fmt: skip
+    ),
     "workers": SharedOption(
         ("--workers",),
         None,
         "DataLoader workers (or worker processes) per process",
         "data.workers",
         "2 (the preset's for training; the CPU count for prepare)",
-    ),  # fmt: skip
+    ),
     "threads": SharedOption(
         ("--threads",),
         0,
         "torch CPU threads per process (0: torch's choice; 1 helps small models on busy machines)",
         "run.threads",
-    ),  # fmt: skip
+    ),
     "quiet": SharedOption(("--quiet",), False, "no progress bars", "run.progress=false"),
 }
 
