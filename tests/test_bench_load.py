@@ -1,6 +1,7 @@
 """``cpd bench load`` runs end to end on a tiny file and prints sane JSON (no timing asserts)."""
 
 import json
+from pathlib import Path
 
 import av
 import pytest
@@ -57,10 +58,14 @@ def test_bench_load_streams_the_same_clips_from_a_shard(tmp_path, capsys):
     assert out["shard_clips_per_s"] > 0
     assert out["shard_vs_files"] == pytest.approx(out["shard_clips_per_s"] / out["clips_per_s"],
                                                   rel=0.02)  # fmt: skip
+    # one pass, so the ratios are those of the pass's rates
+    assert out["shard_vs_files_cold_index"] == pytest.approx(
+        out["shard_cold_index_clips_per_s"] / out["cold_index_clips_per_s"], rel=0.02
+    )
     # a shard given directly: its videos are benched as files too
     from cpd.commands.bench import _pack
 
-    tar = _pack(videos, tmp_path / "00000.tar")
+    tar = _pack(videos, tmp_path / "00000.tar", len(videos))
     assert main(["bench", "load", str(tar), "--clips", "4", "--repeat", "1"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["shards"] == [str(tar)] and len(out["videos"]) == 2 and out["shard_clips_per_s"] > 0
@@ -71,7 +76,21 @@ def test_bench_load_with_files_and_a_shard_packs_them_all(tmp_path, capsys):
 
     videos = [str(write_video(tmp_path / f"v{i}.mp4", num_frames=60, width=160, height=96))
               for i in range(2)]  # fmt: skip
-    tar = _pack(videos[:1], tmp_path / "00000.tar")
+    tar = _pack(videos[:1], tmp_path / "00000.tar", 1)
     assert main(["bench", "load", videos[1], str(tar), "--clips", "4", "--repeat", "1"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(out["videos"]) == 2 and out["shard_clips_per_s"] > 0
+
+
+def test_packed_shard_holds_one_sample_per_clip_in_video_order(tmp_path):
+    """A pass reads the packed shard forward once: sample k is video k % len(videos)."""
+    from cpd.commands.bench import _pack
+    from cpd.data.shards import iter_shard
+
+    videos = [str(write_video(tmp_path / f"v{i}.mp4", num_frames=20 + 4 * i, width=64, height=48))
+              for i in range(2)]  # fmt: skip
+    tar = _pack(videos, tmp_path / "p.tar", 5)
+    samples = list(iter_shard(str(tar), 0))
+    assert [s.key for s in samples] == [f"{k:09d}" for k in range(5)]
+    data = [Path(v).read_bytes() for v in videos]
+    assert [s.video()[1] for s in samples] == [data[k % 2] for k in range(5)]

@@ -208,3 +208,16 @@ def test_truncated_tail_gives_what_the_truncated_file_gives(tmp_path):
     got = decode.decode_frames(data, [0, n // 2, 59])
     assert np.array_equal(got, decode.decode_frames(cut, [0, n // 2, 59]))
     assert [read_index(f) for f in got[:2]] == [0, n // 2]
+
+
+def test_forget_index_drops_one_video_and_keeps_the_others(tmp_path):
+    a = write_video(tmp_path / "a.mp4", num_frames=12)
+    b = VideoBytes("b.mp4", write_video(tmp_path / "b.mp4", num_frames=16).read_bytes())
+    decode.clear_index_cache()
+    decode.video_index(a), decode.video_index(b)
+    assert len(decode._index_cache) == 2
+    decode.forget_index(b)
+    assert len(decode._index_cache) == 1 and decode._cached(a) is not None
+    assert decode._cached(b) is None
+    decode.forget_index(tmp_path / "missing.mp4")  # nothing cached under it: no error
+    assert len(decode._index_cache) == 1

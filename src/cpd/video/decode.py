@@ -138,6 +138,15 @@ def clear_index_cache() -> None:
     _index_cache.clear()
 
 
+def forget_index(source: VideoSource) -> None:
+    """Forget the cached packet scan of ``source`` only (the benchmark's cold loaders use it,
+    so that they leave other loaders' entries cached)."""
+    try:
+        _index_cache.pop(_cache_key(_source(source)), None)
+    except OSError:
+        pass  # a file gone: nothing of it can be cached under its current (size, mtime)
+
+
 def _cache_key(source: str | VideoBytes) -> tuple:
     """What identifies a video's contents: (path, size, mtime) of a file, or (name, length,
     CRC-32) of an in-memory video; raises ``OSError`` for a missing file."""
