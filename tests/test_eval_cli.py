@@ -137,7 +137,8 @@ def test_cpd_test_rejects_a_model_without_classifier(cpd_model, tiny_synthetic, 
 def test_cpd_zeroshot_protocols(cpd_model, tiny_synthetic, tmp_path):
     model = cpd_model
     out = tmp_path / "zs"
-    argv = [model, *ucf_args(tiny_synthetic), "--split", "all", "--random-splits", "3",
+    argv = [model, *ucf_args(tiny_synthetic), "--video-root", str(tiny_synthetic / "videos"),
+            "--split", "all", "--random-splits", "3",
             "--seed", "5", "--out", str(out), *ONE_VIEW]  # fmt: skip
     assert cli("zeroshot", argv) == 0
     r = json.loads((out / "results.json").read_text())
