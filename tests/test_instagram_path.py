@@ -91,6 +91,29 @@ def test_readme_instagram_sequence(
     # the resolved configuration kept the preset's automatic format
     assert "format: null" in (run / "config.yaml").read_text()
 
+    # the same videos as shards, train and val apart, the train part prepared on 2 "machines":
+    # cpd prepare --manifest instagram_captions.json --video-root ig_raw/ -o ig_shards/train \
+    #     --split train --shards --shard-size 1000 --part 0/2 --workers 16   (and --part 1/2)
+    for part in ("0/2", "1/2"):
+        argv = ["prepare", "--manifest", "instagram_captions.json", "--video-root", "ig_raw/",
+                "-o", "ig_shards/train", "--split", "train", "--shards", "--shard-size", "1",
+                "--part", part, "--workers", "1", *fast]  # fmt: skip
+        assert main(argv) == 0
+    # cpd prepare --manifest instagram_captions.json --video-root ig_raw/ -o ig_shards/val \
+    #     --split val --shards
+    argv = ["prepare", "--manifest", "instagram_captions.json", "--video-root", "ig_raw/",
+            "-o", "ig_shards/val", "--split", "val", "--shards", *fast]  # fmt: skip
+    assert main(argv) == 0
+    assert len(list(Path("ig_shards/train").glob("*.tar"))) == 3
+    # cpd pretrain --config pretrain_instagram_r50 data.shards=ig_shards/train \
+    #     data.val_shards=ig_shards/val model.text_encoder=... run.out=runs/ig_r50
+    argv = ["pretrain", "--config", "pretrain_instagram_r50", "data.shards=ig_shards/train",
+            "data.val_shards=ig_shards/val", f"model.text_encoder={tiny_text_encoder}",
+            "run.out=runs/ig_r50_shards", *TINY]  # fmt: skip
+    assert main(argv) == 0
+    results = json.loads(Path("runs/ig_r50_shards/results.json").read_text())
+    assert results["global_step"] == 1 and results["final"]["val_t2v_num_queries"] == 1
+
 
 def test_preset_format_is_detected(tmp_path: Path) -> None:
     """The preset leaves the format to the file: the Instagram JSON and JSON Lines both read,

@@ -87,3 +87,26 @@ def test_pretraining_batches_look_alike_videos(tiny_pretrain_overrides, tmp_path
         engine.pretrain(load_pretrain_config("pretrain_synthetic_cpu", [
             *tiny_pretrain_overrides, "data.group_by=null", "data.video_neighbours=4",
             "data.caption_neighbours=4", f"run.out={tmp_path / 'other'}"]))  # fmt: skip
+
+
+def test_the_preset_batches_the_same_without_the_group_column(
+    tiny_pretrain_overrides, tiny_synthetic, tmp_path, monkeypatch
+):
+    """``pretrain_synthetic_cpu`` composes its batches from the videos: deleting the synthetic
+    set's ``group`` column from the manifest changes nothing."""
+    seen = _spy_on_train_groups(monkeypatch)
+    rows = [json.loads(x) for x in (tiny_synthetic / "captions.jsonl").read_text().splitlines()]
+    assert all("group" in r for r in rows)
+    bare = tmp_path / "no_group.jsonl"
+    bare.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "group"}) + "\n"
+                            for r in rows))  # fmt: skip
+    groups = []
+    for name, manifest in (("with", tiny_synthetic / "captions.jsonl"), ("without", bare)):
+        engine.pretrain(load_pretrain_config("pretrain_synthetic_cpu", [
+            *tiny_pretrain_overrides, f"data.manifest={manifest}",
+            f"data.video_root={tiny_synthetic}", "schedule.epochs=1", "run.val_every=0",
+            f"run.out={tmp_path / name}"]))  # fmt: skip
+        groups.append(seen["groups"])
+    assert groups[0] is not None and groups[0] == groups[1]
+    # the preset's groups of 4 look-alike videos
+    assert sorted(groups[0].count(x) for x in set(groups[0])) == [4, 4, 4]
