@@ -14,14 +14,17 @@ from cpd.data.datasets import collate
 from cpd.data.shards import expand_shards, iter_shard, load_shard_index, scan_shard
 from cpd.data.stream import ShardDataset, plan_epoch, resume_assignment
 from cpd.errors import DataError, VideoDecodeError
+from cpd.video import VideoSlice
 from tests.shard_writer import write_v2d_shards
 
 
 def fake_clip(source, **kwargs) -> torch.Tensor:
-    """A stand-in for load_clip: the video bytes' first byte, no decoding."""
-    if source.data.startswith(b"BAD"):
+    """A stand-in for load_clip: the video bytes' first byte, no decoding (a local shard's
+    video comes as a slice of the tar, a remote one's as bytes)."""
+    data = source.read() if isinstance(source, VideoSlice) else source.data
+    if data.startswith(b"BAD"):
         raise VideoDecodeError(source.name, "undecodable test bytes")
-    return torch.full((1,), float(source.data[0]))
+    return torch.full((1,), float(data[0]))
 
 
 def make_samples(n: int) -> list[dict]:

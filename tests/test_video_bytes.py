@@ -221,3 +221,36 @@ def test_forget_index_drops_one_video_and_keeps_the_others(tmp_path):
     assert decode._cached(b) is None
     decode.forget_index(tmp_path / "missing.mp4")  # nothing cached under it: no error
     assert len(decode._index_cache) == 1
+
+
+def test_a_local_shards_video_is_decoded_in_place_as_a_slice(tmp_path):
+    """A local tar's video member is a VideoSlice: the member's bytes, read in place, giving
+    the clips of the loose file; a remote shard (memory://) gives the same bytes in memory."""
+    import fsspec
+    import webdataset as wds
+
+    from cpd.data.shards import iter_shard
+    from cpd.video import VideoSlice, load_clip
+
+    files = [write_video(tmp_path / f"v{i}.mp4", num_frames=30 + 6 * i) for i in range(2)]
+    tar = tmp_path / "00000.tar"
+    with wds.TarWriter(str(tar)) as sink:
+        for i, f in enumerate(files):
+            sink.write({"__key__": f"k{i}", "mp4": f.read_bytes(), "txt": b"a caption"})
+    local = list(iter_shard(str(tar), 0))
+    fsspec.filesystem("memory").pipe("/shards/00000.tar", tar.read_bytes())
+    remote = list(iter_shard("memory://shards/00000.tar", 0))
+    for sample, far, f in zip(local, remote, files, strict=True):
+        source = sample.video_source(f"{tar}#{sample.key}")
+        assert isinstance(source, VideoSlice) and source.name.endswith(sample.key)
+        assert source.read() == f.read_bytes() == far.video()[1] == sample.video()[1]
+        assert isinstance(far.video_source("x"), VideoBytes)
+        for seed in range(3):
+            got = load_clip(source, num_frames=4, stride=2, crop_size=32, train=True, seed=seed)
+            want = load_clip(f, num_frames=4, stride=2, crop_size=32, train=True, seed=seed)
+            assert torch.equal(got, want)
+    gone = VideoSlice("gone#k0", str(tmp_path / "missing.tar"), 0, 10)
+    with pytest.raises(VideoDecodeError, match="gone#k0"):
+        decode.video_index(gone)
+    with pytest.raises(VideoDecodeError, match="empty"):
+        decode.video_index(VideoSlice("empty#k0", str(tar), 0, 0))

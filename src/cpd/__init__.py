@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "load_clip": "cpd.video",
     "load_clips": "cpd.video",
     "VideoBytes": "cpd.video",
+    "VideoSlice": "cpd.video",
     # data
     "CaptionRecord": "cpd.data",
     "ActionRecord": "cpd.data",

@@ -245,7 +245,7 @@ def _bench_load_in(args: argparse.Namespace, scratch: Path) -> int:
     for name in names:  # warm-up: index cache, allocator, swscale contexts
         for i in range(min(args.clips, 5)):
             loaders[name](i, DecodeStats())
-    passes: list[dict[str, float]] = []  # clips/s of each loader in each pass
+    blocks: list[dict[str, float]] = []  # seconds of each loader on each block of clips
     for _ in range(args.repeat):
         spent = {k: [0.0, 0.0] for k in names}
         stats = {k: DecodeStats() for k in names}
@@ -254,14 +254,16 @@ def _bench_load_in(args: argparse.Namespace, scratch: Path) -> int:
         # single clips, so that each runs with warm caches as it would in a data loader
         for b, first in enumerate(range(0, args.clips, args.block)):
             block = range(first, min(first + args.block, args.clips))
+            taken: dict[str, float] = {}
             for k in range(len(names)):
                 name = names[(b + k) % len(names)]
                 w0, c0 = time.perf_counter(), time.process_time()
                 for i in block:
                     loaders[name](i, stats[name])
-                spent[name][0] += time.perf_counter() - w0
+                taken[name] = time.perf_counter() - w0
+                spent[name][0] += taken[name]
                 spent[name][1] += time.process_time() - c0
-        passes.append({name: args.clips / spent[name][0] for name in names})
+            blocks.append(taken)
         for name in names:
             wall[name].append(args.clips / spent[name][0])
             cpu[name].append(args.clips / max(spent[name][1], 1e-9))
@@ -294,10 +296,11 @@ def _bench_load_in(args: argparse.Namespace, scratch: Path) -> int:
         "videos": videos,
     }
     if shard is not None:
-        # the same clips streamed from the tar: reading it sequentially, decoding from memory;
-        # ratios are medians of the passes' ratios (each pass's loaders ran side by side)
+        # the same clips read from the tar; each ratio is the median over the blocks of clips
+        # of the two loaders' rates on that block (made side by side, so the machine's load
+        # drifts out of it)
         def ratio(a: str, b: str) -> float:
-            return round(statistics.median(p[a] / p[b] for p in passes), 3)
+            return round(statistics.median(t[b] / t[a] for t in blocks), 3)
 
         result["shard_clips_per_s"] = round(w["shards"], 2)
         result["shard_cold_index_clips_per_s"] = round(w["shards_cold_index"], 2)
@@ -336,9 +339,9 @@ def _unpack(tars: list[str], folder: Path) -> list[str]:
 
 
 class _ShardCycle:
-    """Sample ``k`` of the shards' sequence as :class:`~cpd.video.VideoBytes`, read forward
-    through the tars as a training stream reads them (restarting from the first tar when a
-    pass asks for an earlier sample)."""
+    """Sample ``k`` of the shards' sequence as a video source (``RawSample.video_source``),
+    read forward through the tars as a training stream reads them (restarting from the first
+    tar when a pass asks for an earlier sample)."""
 
     def __init__(self, tars: list[str], count: int) -> None:
         self.tars, self.count = [str(t) for t in tars], count  # count: samples in the tars
@@ -350,7 +353,6 @@ class _ShardCycle:
         return (raw for s, url in enumerate(self.tars) for raw in iter_shard(url, s))
 
     def get(self, k: int):  # type: ignore[no-untyped-def]
-        from cpd.video.decode import VideoBytes
 
         if k < self.position:
             self.position, self.stream = 0, self._open()
@@ -358,7 +360,7 @@ class _ShardCycle:
             raw = next(self.stream)
             self.position += 1
             if self.position - 1 == k:
-                return VideoBytes(f"{self.tars[raw.shard]}#{raw.key}", raw.video()[1])
+                return raw.video_source(f"{self.tars[raw.shard]}#{raw.key}")
 
 
 def _bench_step(args: argparse.Namespace) -> int:

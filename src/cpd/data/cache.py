@@ -62,6 +62,7 @@ from cpd.video.decode import (
     INTERPOLATION,
     DecodeStats,
     VideoBytes,
+    VideoSlice,
     VideoSource,
     display_size,
     open_video,
@@ -150,7 +151,7 @@ class FrameCache:
         return len(self._videos)
 
     def __contains__(self, path: object) -> bool:
-        if not isinstance(path, (str, os.PathLike, VideoBytes)):
+        if not isinstance(path, (str, os.PathLike, VideoBytes, VideoSlice)):
             return False
         return source_name(path) in self._videos
 

@@ -16,10 +16,12 @@ built once and kept in ``cpd-index.json``: per shard, the count comes from video
 else from a scan of the tar's headers (no member data read; on a local file that is a few
 milliseconds per thousand samples). Local shards are re-scanned when their size or mtime change.
 
-Shards are read sequentially with webdataset's tar iterator (``webdataset.tariterators``), from
-local paths or any fsspec URL (``file://``, ``s3://``, ``gs://``, ``https://``; the remote ones
-need fsspec's matching package installed). Members of samples that are not wanted are skipped
-without copying their bytes.
+Shards are read sequentially. Remote ones (any fsspec URL: ``s3://``, ``gs://``, ``https://``;
+they need fsspec's matching package installed) stream through webdataset's tar iterator
+(``webdataset.tariterators``), which reads each wanted sample whole. Local ones (paths and
+``file://``) are walked with tarfile's random-access mode: caption members are read, video
+members are decoded in place as :class:`~cpd.video.VideoSlice` (FFmpeg reads the packets a clip
+needs, as from a loose file), and members of samples that are not wanted are seeked over.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -159,15 +162,18 @@ def _expand_one(name: str) -> list[str]:
     return [local]
 
 
-def open_shard(url: str) -> IO[bytes]:
-    """Open one shard for sequential reading (a local file, ``file://`` or an fsspec URL)."""
+def open_shard(url: str, seeks: bool = False) -> IO[bytes]:
+    """Open one shard (a local file, ``file://`` or an fsspec URL) for sequential reading, or
+    with ``seeks`` for a local reader that seeks from header to header."""
     if _is_url(url):
         import fsspec
 
         return fsspec.open(url, "rb").open()
     try:
-        # a large buffer: tarfile reads a stream in 10 kB records, one system call each
-        return open(_local(url), "rb", buffering=1 << 20)  # noqa: SIM115 (the caller closes it)
+        # sequential: a large buffer, as tarfile reads a stream in 10 kB records, one system
+        # call each; seeking: the default, as each seek drops the buffer and refills it
+        buffering = -1 if seeks else 1 << 20
+        return open(_local(url), "rb", buffering=buffering)  # noqa: SIM115 (the caller closes it)
     except FileNotFoundError as exc:
         raise DataError(f"shard not found: {url}") from exc
 
@@ -345,15 +351,30 @@ def _write_index(places: Sequence[Path], entries: list[dict[str, Any]]) -> None:
 
 @dataclass
 class RawSample:
-    """One complete sample as stored: its shard, position, key and member bytes by suffix."""
+    """One complete sample as stored: its shard, position, key and members by suffix (bytes;
+    the video member of a local shard as a :class:`~cpd.video.VideoSlice`, not read)."""
 
     shard: int
     position: int
     key: str
-    members: dict[str, bytes]
+    members: dict[str, Any]
 
     def video(self) -> tuple[str, bytes]:
         """``(suffix, bytes)`` of the video member."""
+        suffix, data = self._video()
+        return suffix, data if isinstance(data, bytes) else data.read()
+
+    def video_source(self, name: str) -> Any:
+        """The video member for decoding, under ``name``: a :class:`~cpd.video.VideoSlice` of
+        a local tar (read in place), else a :class:`~cpd.video.VideoBytes`."""
+        from cpd.video.sources import VideoBytes, VideoSlice
+
+        data = self._video()[1]
+        if isinstance(data, VideoSlice):
+            return VideoSlice(name, data.path, data.offset, data.size)
+        return VideoBytes(name, data)
+
+    def _video(self) -> tuple[str, Any]:
         for suffix in VIDEO_SUFFIXES:
             if suffix in self.members:
                 return suffix, self.members[suffix]
@@ -427,6 +448,34 @@ class _Grouper:
         return self.reading
 
 
+_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members (skipped, as it does)
+
+
+def _local_members(
+    stream: IO[bytes], path: str, select: Callable[[str], bool]
+) -> Iterator[dict[str, Any]]:
+    """The selected regular members of the local tar ``path`` (opened as ``stream``), in order,
+    as webdataset's tar iterator gives them (``fname``, ``data``), except that a video
+    member's data is a :class:`~cpd.video.VideoSlice` of the tar: decoded in place, FFmpeg
+    reads only what a clip needs, as from a loose file. Unselected members are seeked over."""
+    from cpd.video.sources import VideoSlice
+
+    size = os.fstat(stream.fileno()).st_size
+    with tarfile.open(fileobj=stream, mode="r:") as tar:
+        for info in tar:
+            name = info.name
+            if not info.isreg() or _META.match(name) or not select(name):
+                continue
+            if info.offset_data + info.size > size:
+                raise tarfile.ReadError(f"{name}: unexpected end of data")
+            if _split_name(name)[1] in VIDEO_SUFFIXES:
+                yield {"fname": name, "data": VideoSlice(name, path, info.offset_data, info.size)}
+            else:
+                member = tar.extractfile(info)
+                assert member is not None  # a regular file
+                yield {"fname": name, "data": member.read()}
+
+
 def _groups(
     url: str,
     want: Callable[[int], bool],
@@ -442,8 +491,6 @@ def _groups(
     samples read whole before the break still come out. Other errors (a network failure, a
     permission) propagate: they say nothing about the shard's contents.
     """
-    from webdataset.tariterators import tar_file_iterator
-
     grouper = _Grouper(want, stop)
     current: RawSample | None = None
 
@@ -456,9 +503,15 @@ def _groups(
         raise exc
 
     serial = 0
-    with open_shard(url) as stream:
+    with open_shard(url, seeks=not _is_url(url)) as stream:
         try:
-            for item in tar_file_iterator(stream, handler=reraise, select_files=grouper.select):
+            if _is_url(url):
+                from webdataset.tariterators import tar_file_iterator
+
+                items = tar_file_iterator(stream, handler=reraise, select_files=grouper.select)
+            else:
+                items = _local_members(stream, _local(url), grouper.select)
+            for item in items:
                 key, suffix = _split_name(item["fname"])
                 if current is None or grouper.serial != serial:
                     yield from finish()

@@ -450,16 +450,13 @@ class ShardDataset(IterableDataset):
         return f"{self.index.urls[raw.shard]}#{raw.key}"
 
     def _load(self, raw: RawSample, row: int) -> dict[str, Any]:
-        from cpd.video.decode import VideoBytes
-
         name = self._name(raw)
         caption = raw.caption(self.caption_key)
         if caption is None:
             raise VideoDecodeError(name, "no caption (.txt, or .json field "
                                          f"{self.caption_key!r})")  # fmt: skip
-        _, data = raw.video()
         seed = derive_seed(self.seed, self.epoch, row)
-        video = self.loader(VideoBytes(name, data), seed=seed, **self.clip_args)
+        video = self.loader(raw.video_source(name), seed=seed, **self.clip_args)
         if self._backend is None:
             self._backend = _padded_backend(self.tokenizer, self._length()) or False
         ids, mask = _tokenize_one(self._backend or None, self.tokenizer, caption, self._length())
@@ -472,13 +469,13 @@ def shard_records(index: ShardIndex, caption_key: str = "caption") -> tuple[list
     """Every row of the shards read once, for the frame cache: ``(records, videos)``.
 
     ``records[r]`` is row ``r`` as a :class:`~cpd.data.manifests.CaptionRecord` whose ``path`` is
-    the sample's name (``shard#key``), ``videos`` the :class:`~cpd.video.VideoBytes` to fill a
-    :class:`~cpd.data.cache.FrameCache` with, under those names. A row that cannot be read
+    the sample's name (``shard#key``), ``videos`` the sources (:class:`~cpd.video.VideoSlice` or
+    :class:`~cpd.video.VideoBytes`) to fill a :class:`~cpd.data.cache.FrameCache` with, under
+    those names. A row that cannot be read
     (its shard ends early, its caption is missing) keeps a record whose video is absent, so
     the dataset's failure policy replaces it like any video that does not decode.
     """
     from cpd.data.manifests import CaptionRecord
-    from cpd.video.decode import VideoBytes
 
     records: list[Any] = [None] * index.total
     videos = []
@@ -491,7 +488,7 @@ def shard_records(index: ShardIndex, caption_key: str = "caption") -> tuple[list
                 log.warning("%s: no caption (.txt, or .json field %r)", name, caption_key)
                 continue
             records[row] = CaptionRecord(row, raw.key, name, caption, None)
-            videos.append(VideoBytes(name, raw.video()[1]))
+            videos.append(raw.video_source(name))
     for row, record in enumerate(records):
         if record is None:
             records[row] = CaptionRecord(row, f"row{row}", f"missing#row{row}", "", None)

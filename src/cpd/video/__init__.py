@@ -4,7 +4,8 @@
 (or ``train_transform`` for cached frames) are the two halves they are built from;
 ``decode_all`` decodes a whole short video for in-memory caching; ``probe`` is cheap metadata
 (the stored size), ``display_size`` the size frames are shown at (square pixels, upright). Each
-takes a path or a ``VideoBytes`` (a video held in memory, e.g. a shard's sample).
+takes a path, a ``VideoBytes`` (a video held in memory, e.g. a streamed shard's sample) or a
+``VideoSlice`` (a video stored inside a local file, e.g. a member of a tar shard on disk).
 """
 
 from cpd.video.clip import load_clip, load_clips
@@ -13,6 +14,7 @@ from cpd.video.decode import (
     VideoBytes,
     VideoIndex,
     VideoReader,
+    VideoSlice,
     VideoSource,
     clear_index_cache,
     decode_all,
@@ -36,6 +38,7 @@ __all__ = [
     "VideoBytes",
     "VideoIndex",
     "VideoReader",
+    "VideoSlice",
     "VideoSource",
     "clear_index_cache",
     "crop_flip_normalize",

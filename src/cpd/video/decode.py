@@ -1,8 +1,10 @@
 """Video decoding with PyAV: the only module of ``cpd`` that opens video files.
 
-Sources. Every function here takes a path or a :class:`VideoBytes` (a video already in
-memory, e.g. one sample of a webdataset shard), and treats both alike: the same index, the same
-seeks, the same frames; errors name the path or the in-memory video's name.
+Sources. Every function here takes a path, a :class:`VideoBytes` (a video already in memory,
+e.g. one sample of a shard streamed from remote storage) or a :class:`VideoSlice` (a video
+stored inside a local file, e.g. a member of a tar shard on disk, read in place), and treats
+them alike: the same index, the same seeks, the same frames; errors name the path or the
+video's name (see :mod:`cpd.video.sources`).
 
 Frame identity. "Frame ``i``" is the i-th frame in presentation order of a full sequential
 decode. Container headers often lack or misstate the frame count (``stream.frames`` is 0 for
@@ -13,7 +15,7 @@ frame rate, variable ones included. The index is cached in-process per (path, si
 If packets carry no usable pts (missing or duplicated), or a decode ever disagrees with the
 index, we fall back to counting frames in a full sequential decode, which is the definition.
 In-memory videos are cached per (name, length, CRC-32 of the data): the checksum costs about
-0.1 ms per 500 kB, a fraction of a percent of a clip.
+0.1 ms per 500 kB, a fraction of a percent of a clip; slices per (path, offset, size, mtime).
 
 Selective decoding. For the wanted frames we seek to the keyframe before each group of them
 and decode until the last wanted frame's packet is in, then drain the decoder (rather than feed
@@ -39,62 +41,30 @@ from __future__ import annotations
 
 import io
 import os
-import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import TypeAlias
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
 from cpd.errors import VideoDecodeError
+from cpd.video.sources import (
+    Source,
+    VideoBytes,
+    VideoSlice,
+    VideoSource,
+    as_source,
+    content_key,
+    source_name,
+)
 from cpd.video.transforms import short_side_size
 
 INTERPOLATION = "BILINEAR"
 _CACHE_SIZE = 4096
-
-
-@dataclass(frozen=True)
-class VideoBytes:
-    """A video file's contents held in memory, under a name that errors and caches use.
-
-    Accepted wherever ``cpd`` takes a video path (``load_clip``, ``load_clips``,
-    ``decode_frames``, ``probe``, ``FrameCache``, ...), with identical results: e.g. one sample
-    of a webdataset shard, ``VideoBytes(sample["__key__"] + ".mp4", sample["mp4"])``. The name
-    is what a :class:`~cpd.errors.VideoDecodeError` names and what a
-    :class:`~cpd.data.FrameCache` keys the video by; the format is found from the data.
-    """
-
-    name: str
-    data: bytes = field(repr=False)  # a repr never dumps megabytes of video
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str):
-            raise TypeError(f"VideoBytes name must be a str, got {type(self.name).__name__}")
-        if not isinstance(self.data, bytes):
-            raise TypeError(f"{self.name}: VideoBytes data must be bytes, got "
-                            f"{type(self.data).__name__}")  # fmt: skip
-
-    def __str__(self) -> str:
-        return self.name
-
-
-# What every reader of this module takes: a path, or a video in memory
-VideoSource: TypeAlias = str | os.PathLike[str] | VideoBytes
-
-
-def _source(source: VideoSource) -> str | VideoBytes:
-    """``source`` as this module handles it: a path as ``str``, or the :class:`VideoBytes`."""
-    return source if isinstance(source, VideoBytes) else os.fspath(source)
-
-
-def source_name(source: VideoSource) -> str:
-    """The path, or the in-memory video's name: how errors and caches name ``source``."""
-    return source.name if isinstance(source, VideoBytes) else os.fspath(source)
 
 
 @dataclass(frozen=True)
@@ -141,25 +111,14 @@ def clear_index_cache() -> None:
 def forget_index(source: VideoSource) -> None:
     """Forget the cached packet scan of ``source`` only (the benchmark's cold loaders use it,
     so that they leave other loaders' entries cached)."""
-    try:
-        _index_cache.pop(_cache_key(_source(source)), None)
-    except OSError:
-        pass  # a file gone: nothing of it can be cached under its current (size, mtime)
-
-
-def _cache_key(source: str | VideoBytes) -> tuple:
-    """What identifies a video's contents: (path, size, mtime) of a file, or (name, length,
-    CRC-32) of an in-memory video; raises ``OSError`` for a missing file."""
-    if isinstance(source, VideoBytes):
-        return ("bytes", source.name, len(source.data), zlib.crc32(source.data))
-    st = os.stat(source)
-    return (os.path.abspath(source), st.st_size, st.st_mtime_ns)
+    with suppress(OSError):  # a file gone: nothing is cached under its current (size, mtime)
+        _index_cache.pop(content_key(as_source(source)), None)
 
 
 @contextmanager
 def _open(source: VideoSource) -> Iterator[tuple[av.container.InputContainer, av.VideoStream]]:
     """Open ``source`` and yield (container, first video stream); FFmpeg errors become ours."""
-    source = _source(source)
+    source = as_source(source)
     name = source_name(source)
     if isinstance(source, VideoBytes):
         if not source.data:
@@ -168,6 +127,16 @@ def _open(source: VideoSource) -> Iterator[tuple[av.container.InputContainer, av
 
         def target() -> str | io.BytesIO:
             return io.BytesIO(data)  # a fresh reader per open; it shares the bytes, no copy
+
+    elif isinstance(source, VideoSlice):
+        if not os.path.isfile(source.path):
+            raise VideoDecodeError(name, f"no such file: {source.path}")
+        if source.size == 0:
+            raise VideoDecodeError(name, "empty data (0 bytes)")
+        url = source.url()
+
+        def target() -> str | io.BytesIO:
+            return url
 
     else:
         if not os.path.isfile(source):
@@ -184,8 +153,10 @@ def _open(source: VideoSource) -> Iterator[tuple[av.container.InputContainer, av
         try:
             container = av.open(target(), metadata_errors="ignore")
         except av.FFmpegError as e:
-            # FFmpeg's message names the file; an in-memory video's it calls '<none>'
-            detail = e.strerror if isinstance(source, VideoBytes) and e.strerror else e
+            # FFmpeg's message names the file; an in-memory video's it calls '<none>', and a
+            # slice's by its subfile URL
+            named = isinstance(source, VideoBytes | VideoSlice)
+            detail = e.strerror if named and e.strerror else e
             raise VideoDecodeError(name, f"cannot open: {detail}") from e
     with container:
         if not container.streams.video:
@@ -250,7 +221,7 @@ def _seek_targets(key_pts: np.ndarray, key_dts: np.ndarray, last_pts: int) -> np
 
 
 def _scan(
-    source: str | VideoBytes, container: av.container.InputContainer, stream: av.VideoStream
+    source: Source, container: av.container.InputContainer, stream: av.VideoStream
 ) -> VideoIndex:
     """Index by demuxing every packet of the stream (no decoding); leaves the container at EOF."""
     pts, key_pts, key_dts = [], [], []
@@ -307,9 +278,9 @@ def _scan_sequential(source: VideoSource) -> VideoIndex:
 
 
 def video_index(source: VideoSource) -> VideoIndex:
-    """The (cached) frame index of ``source`` (a path or :class:`VideoBytes`); raises
+    """The (cached) frame index of ``source`` (a path, :class:`VideoBytes` or :class:`VideoSlice`); raises
     :class:`VideoDecodeError` for bad videos."""
-    source = _source(source)
+    source = as_source(source)
     key = _key(source)
     index = _index_cache.get(key)
     if index is None:
@@ -320,9 +291,9 @@ def video_index(source: VideoSource) -> VideoIndex:
     return index
 
 
-def _key(source: str | VideoBytes) -> tuple:
+def _key(source: Source) -> tuple:
     try:
-        return _cache_key(source)
+        return content_key(source)
     except OSError as e:
         raise VideoDecodeError(source_name(source), "no such file") from e
 
@@ -336,7 +307,7 @@ def _store(key: tuple, index: VideoIndex) -> VideoIndex:
 
 def _cached(source: VideoSource) -> VideoIndex | None:
     """The cached index of ``source``, or None."""
-    key = _key(_source(source))
+    key = _key(as_source(source))
     index = _index_cache.get(key)
     if index is not None:
         _index_cache.move_to_end(key)
@@ -345,7 +316,7 @@ def _cached(source: VideoSource) -> VideoIndex | None:
 
 def _remember(source: VideoSource, index: VideoIndex) -> VideoIndex:
     """Cache ``index`` as that of ``source``; returns it."""
-    return _store(_key(_source(source)), index)
+    return _store(_key(as_source(source)), index)
 
 
 def probe(source: VideoSource) -> tuple[int, float, int, int]:
@@ -587,7 +558,7 @@ def _decode_sequential(
 
 
 class VideoReader:
-    """An open video (a file or :class:`VideoBytes`): its frame index and selective decoding,
+    """An open video (a file, :class:`VideoBytes` or :class:`VideoSlice`): its frame index and selective decoding,
     on one container.
 
     Use as a context manager (``with open_video(path) as video: ...``). On an index-cache miss
@@ -596,7 +567,7 @@ class VideoReader:
     """
 
     def __init__(self, source: VideoSource) -> None:
-        self.source = _source(source)
+        self.source = as_source(source)
         self.path = source_name(self.source)
         self._stack = ExitStack()
         try:
@@ -709,7 +680,7 @@ class VideoReader:
 
 
 def open_video(source: VideoSource) -> VideoReader:
-    """Open ``source`` (a path or :class:`VideoBytes`) for decoding; raises
+    """Open ``source`` (a path, :class:`VideoBytes` or :class:`VideoSlice`) for decoding; raises
     :class:`VideoDecodeError` for bad videos."""
     return VideoReader(source)
 
@@ -732,7 +703,7 @@ def decode_frames(
     skip_nonref: bool = True,
     stats: DecodeStats | None = None,
 ) -> np.ndarray:
-    """Decode frames ``indices`` of ``path`` (a path or :class:`VideoBytes`) as uint8 RGB
+    """Decode frames ``indices`` of ``path`` (a path, :class:`VideoBytes` or :class:`VideoSlice`) as uint8 RGB
     ``[len(indices), H, W, 3]``.
 
     Indices are clamped to ``[0, num_frames - 1]`` and may repeat or come in any order; each
@@ -756,7 +727,7 @@ def decode_all(
     short_side: int | None = None,
     interpolation: str = INTERPOLATION,
 ) -> np.ndarray:
-    """Every frame of a (short) video (a path or :class:`VideoBytes`) as displayed uint8 RGB
+    """Every frame of a (short) video (a path, :class:`VideoBytes` or :class:`VideoSlice`) as displayed uint8 RGB
     ``[N, H, W, 3]``, for in-memory caching; ``size`` and ``short_side`` as in
     :func:`decode_frames`."""
     with open_video(path) as video:
