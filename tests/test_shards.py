@@ -304,3 +304,20 @@ def test_brace_patterns_survive_key_value_overrides():
                                       "data.val_shards=s3://b/{a,b}.tar"])  # fmt: skip
     assert cfg.data.shards == "{00000..00009}.tar" and cfg.data.val_shards == "s3://b/{a,b}.tar"
     assert load_pretrain_config(None, ["data.shards=null"]).data.shards is None
+
+
+def test_a_compressed_local_shard_is_streamed(tmp_path):
+    """A gzipped tar has no byte range per member to decode in place: it streams, as a remote
+    shard does, and gives the samples of the plain tar."""
+    import gzip
+
+    (plain,) = write_v2d_shards(tmp_path / "s", make_samples(3), shard_size=3)
+    packed = tmp_path / "z" / "00000.tar"
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    got = list(iter_shard(str(packed), 0))
+    want = list(iter_shard(str(plain), 0))
+    assert [s.key for s in got] == [s.key for s in want] == ["000000000", "000000001", "000000002"]
+    assert [s.video()[1] for s in got] == [s.video()[1] for s in want]
+    assert isinstance(got[0].members["mp4"], bytes)  # streamed: read whole
+    assert isinstance(want[0].members["mp4"], VideoSlice)  # in place

@@ -17,9 +17,9 @@ else from a scan of the tar's headers (no member data read; on a local file that
 milliseconds per thousand samples). Local shards are re-scanned when their size or mtime change.
 
 Shards are read sequentially. Remote ones (any fsspec URL: ``s3://``, ``gs://``, ``https://``;
-they need fsspec's matching package installed) stream through webdataset's tar iterator
-(``webdataset.tariterators``), which reads each wanted sample whole. Local ones (paths and
-``file://``) are walked with tarfile's random-access mode: caption members are read, video
+they need fsspec's matching package installed) and compressed ones stream through webdataset's
+tar iterator (``webdataset.tariterators``), which reads each wanted sample whole. Local
+uncompressed ones (paths and ``file://``) are walked with tarfile's random-access mode: caption members are read, video
 members are decoded in place as :class:`~cpd.video.VideoSlice` (FFmpeg reads the packets a clip
 needs, as from a loose file), and members of samples that are not wanted are seeked over.
 """
@@ -448,6 +448,17 @@ class _Grouper:
         return self.reading
 
 
+def _plain_tar(path: str) -> bool:
+    """Whether the local shard is an uncompressed tar (a compressed one is streamed, as remote
+    shards are: its members have no byte range of their own to decode in place)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError:
+        return True  # open_shard reports it
+    return not head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd"))
+
+
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members (skipped, as it does)
 
 
@@ -462,7 +473,8 @@ def _local_members(
 
     size = os.fstat(stream.fileno()).st_size
     with tarfile.open(fileobj=stream, mode="r:") as tar:
-        for info in tar:
+        while (info := tar.next()) is not None:
+            tar.members = []  # tarfile keeps every header it read; a shard can hold millions
             name = info.name
             if not info.isreg() or _META.match(name) or not select(name):
                 continue
@@ -503,9 +515,10 @@ def _groups(
         raise exc
 
     serial = 0
-    with open_shard(url, seeks=not _is_url(url)) as stream:
+    in_place = not _is_url(url) and _plain_tar(_local(url))
+    with open_shard(url, seeks=in_place) as stream:
         try:
-            if _is_url(url):
+            if not in_place:
                 from webdataset.tariterators import tar_file_iterator
 
                 items = tar_file_iterator(stream, handler=reraise, select_files=grouper.select)

@@ -15,7 +15,8 @@ frame rate, variable ones included. The index is cached in-process per (path, si
 If packets carry no usable pts (missing or duplicated), or a decode ever disagrees with the
 index, we fall back to counting frames in a full sequential decode, which is the definition.
 In-memory videos are cached per (name, length, CRC-32 of the data): the checksum costs about
-0.1 ms per 500 kB, a fraction of a percent of a clip; slices per (path, offset, size, mtime).
+0.1 ms per 500 kB, a fraction of a percent of a clip; slices per (path, offset, size) and the
+file's (size, inode, mtime).
 
 Selective decoding. For the wanted frames we seek to the keyframe before each group of them
 and decode until the last wanted frame's packet is in, then drain the decoder (rather than feed

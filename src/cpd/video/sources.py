@@ -53,6 +53,8 @@ class VideoSlice:
     size: int
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"VideoSlice name must be a str, got {type(self.name).__name__}")
         if self.offset < 0 or self.size < 0:
             raise ValueError(f"{self.name}: offset and size must be >= 0")
 
@@ -92,13 +94,13 @@ def source_name(source: VideoSource) -> str:
 
 def content_key(source: Source) -> tuple:
     """What identifies a video's contents: (path, size, mtime) of a file, (name, length,
-    CRC-32) of an in-memory video, (path, offset, size, mtime) of a slice; raises ``OSError``
-    for a missing file."""
+    CRC-32) of an in-memory video, (path, offset, size) of a slice with the file's (size,
+    inode, mtime); raises ``OSError`` for a missing file."""
     if isinstance(source, VideoBytes):
         return ("bytes", source.name, len(source.data), zlib.crc32(source.data))
     if isinstance(source, VideoSlice):
         st = os.stat(source.path)
         return ("slice", os.path.abspath(source.path), source.offset, source.size,
-                st.st_mtime_ns)  # fmt: skip
+                st.st_size, st.st_ino, st.st_mtime_ns)  # fmt: skip
     st = os.stat(source)
     return (os.path.abspath(source), st.st_size, st.st_mtime_ns)
