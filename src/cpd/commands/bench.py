@@ -227,8 +227,8 @@ def _bench_load_in(args: argparse.Namespace, scratch: Path) -> int:
         load_clip(shard.get(i % shard.count), nf, stride, crop, train=True, seed=i, stats=stats)
 
     def streamed_cold(i: int, stats: DecodeStats) -> None:
-        assert shard is not None and shard_cold is not None
-        video = shard_cold.get(i % shard.count)
+        assert shard_cold is not None
+        video = shard_cold.get(i % shard_cold.count)
         forget_index(video)
         load_clip(video, nf, stride, crop, train=True, seed=i, stats=stats)
 
@@ -353,7 +353,6 @@ class _ShardCycle:
         return (raw for s, url in enumerate(self.tars) for raw in iter_shard(url, s))
 
     def get(self, k: int):  # type: ignore[no-untyped-def]
-
         if k < self.position:
             self.position, self.stream = 0, self._open()
         while True:

@@ -6,8 +6,8 @@ The configuration has six sections; any key can be set on the command line as ke
   data      manifest (a caption table, e.g. OUT/captions.jsonl from `cpd synth -o OUT`;
             manifest_format null = from its content or suffix) with video_key / caption_key /
             id_key (its columns; video_key may be a template such as {videoid}.mp4) and
-            bad_rows (error | skip), or shards (webdataset tars: a directory, shards/{00000..00099}.tar, or an
-            fsspec URL) with val_shards and shuffle_buffer; video_root, train_split/val_split,
+            bad_rows (error | skip), or shards (webdataset tars: a directory,
+            shards/{00000..00099}.tar, or an fsspec URL) with val_shards and shuffle_buffer; video_root, train_split/val_split,
             num_frames, stride, crop_size, scale_range, hflip (null: the dataset's
             dataset.json decides), cache_frames, workers; batches of look-alike videos
             (video_neighbours: k), of near captions (caption_neighbours: k) or of a column's

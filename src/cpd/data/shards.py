@@ -19,9 +19,10 @@ milliseconds per thousand samples). Local shards are re-scanned when their size 
 Shards are read sequentially. Remote ones (any fsspec URL: ``s3://``, ``gs://``, ``https://``;
 they need fsspec's matching package installed) and compressed ones stream through webdataset's
 tar iterator (``webdataset.tariterators``), which reads each wanted sample whole. Local
-uncompressed ones (paths and ``file://``) are walked with tarfile's random-access mode: caption members are read, video
-members are decoded in place as :class:`~cpd.video.VideoSlice` (FFmpeg reads the packets a clip
-needs, as from a loose file), and members of samples that are not wanted are seeked over.
+uncompressed ones (paths and ``file://``) are walked with tarfile's random-access mode:
+caption members are read, video members are decoded in place as
+:class:`~cpd.video.VideoSlice` (FFmpeg reads the packets a clip needs, as from a loose file),
+and members of samples that are not wanted are seeked over.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import os
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -367,12 +368,10 @@ class RawSample:
     def video_source(self, name: str) -> Any:
         """The video member for decoding, under ``name``: a :class:`~cpd.video.VideoSlice` of
         a local tar (read in place), else a :class:`~cpd.video.VideoBytes`."""
-        from cpd.video.sources import VideoBytes, VideoSlice
+        from cpd.video.sources import VideoBytes
 
         data = self._video()[1]
-        if isinstance(data, VideoSlice):
-            return VideoSlice(name, data.path, data.offset, data.size)
-        return VideoBytes(name, data)
+        return VideoBytes(name, data) if isinstance(data, bytes) else replace(data, name=name)
 
     def _video(self) -> tuple[str, Any]:
         for suffix in VIDEO_SUFFIXES:
@@ -448,14 +447,12 @@ class _Grouper:
         return self.reading
 
 
-def _plain_tar(path: str) -> bool:
-    """Whether the local shard is an uncompressed tar (a compressed one is streamed, as remote
-    shards are: its members have no byte range of their own to decode in place)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(6)
-    except OSError:
-        return True  # open_shard reports it
+def _plain_tar(stream: IO[bytes]) -> bool:
+    """Whether the opened local shard is an uncompressed tar (a compressed one is streamed, as
+    remote shards are: its members have no byte range of their own to decode in place); the
+    stream is left at its start."""
+    head = stream.read(6)
+    stream.seek(0)
     return not head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd"))
 
 
@@ -515,8 +512,9 @@ def _groups(
         raise exc
 
     serial = 0
-    in_place = not _is_url(url) and _plain_tar(_local(url))
-    with open_shard(url, seeks=in_place) as stream:
+    local = not _is_url(url)
+    with open_shard(url, seeks=local) as stream:
+        in_place = local and _plain_tar(stream)
         try:
             if not in_place:
                 from webdataset.tariterators import tar_file_iterator

@@ -471,9 +471,9 @@ def shard_records(index: ShardIndex, caption_key: str = "caption") -> tuple[list
     ``records[r]`` is row ``r`` as a :class:`~cpd.data.manifests.CaptionRecord` whose ``path`` is
     the sample's name (``shard#key``), ``videos`` the sources (:class:`~cpd.video.VideoSlice` or
     :class:`~cpd.video.VideoBytes`) to fill a :class:`~cpd.data.cache.FrameCache` with, under
-    those names. A row that cannot be read
-    (its shard ends early, its caption is missing) keeps a record whose video is absent, so
-    the dataset's failure policy replaces it like any video that does not decode.
+    those names. A row that cannot be read (its shard ends early, its caption is missing)
+    keeps a record whose video is absent, so the dataset's failure policy replaces it like any
+    video that does not decode.
     """
     from cpd.data.manifests import CaptionRecord
 

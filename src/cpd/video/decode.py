@@ -129,25 +129,22 @@ def _open(source: VideoSource) -> Iterator[tuple[av.container.InputContainer, av
         def target() -> str | io.BytesIO:
             return io.BytesIO(data)  # a fresh reader per open; it shares the bytes, no copy
 
-    elif isinstance(source, VideoSlice):
-        if not os.path.isfile(source.path):
-            raise VideoDecodeError(name, f"no such file: {source.path}")
-        if source.size == 0:
-            raise VideoDecodeError(name, "empty data (0 bytes)")
-        url = source.url()
+    else:
+        if isinstance(source, VideoSlice):
+            if not os.path.isfile(source.path):
+                raise VideoDecodeError(name, f"no such file: {source.path}")
+            if source.size == 0:
+                raise VideoDecodeError(name, "empty data (0 bytes)")
+            url = source.url()
+        else:
+            if not os.path.isfile(source):
+                raise VideoDecodeError(name, "no such file")
+            if os.path.getsize(source) == 0:
+                raise VideoDecodeError(name, "empty file")
+            url = source
 
         def target() -> str | io.BytesIO:
             return url
-
-    else:
-        if not os.path.isfile(source):
-            raise VideoDecodeError(name, "no such file")
-        if os.path.getsize(source) == 0:
-            raise VideoDecodeError(name, "empty file")
-        path = source
-
-        def target() -> str | io.BytesIO:
-            return path
 
     container = _open_fast(target())
     if container is None:
@@ -279,8 +276,8 @@ def _scan_sequential(source: VideoSource) -> VideoIndex:
 
 
 def video_index(source: VideoSource) -> VideoIndex:
-    """The (cached) frame index of ``source`` (a path, :class:`VideoBytes` or :class:`VideoSlice`); raises
-    :class:`VideoDecodeError` for bad videos."""
+    """The (cached) frame index of ``source`` (a path, :class:`VideoBytes` or
+    :class:`VideoSlice`); raises :class:`VideoDecodeError` for bad videos."""
     source = as_source(source)
     key = _key(source)
     index = _index_cache.get(key)
@@ -559,8 +556,8 @@ def _decode_sequential(
 
 
 class VideoReader:
-    """An open video (a file, :class:`VideoBytes` or :class:`VideoSlice`): its frame index and selective decoding,
-    on one container.
+    """An open video (a file, :class:`VideoBytes` or :class:`VideoSlice`): its frame index and
+    selective decoding, on one container.
 
     Use as a context manager (``with open_video(path) as video: ...``). On an index-cache miss
     the packet scan runs on this same container, so a clip costs one ``av.open``. ``path`` is
@@ -704,8 +701,8 @@ def decode_frames(
     skip_nonref: bool = True,
     stats: DecodeStats | None = None,
 ) -> np.ndarray:
-    """Decode frames ``indices`` of ``path`` (a path, :class:`VideoBytes` or :class:`VideoSlice`) as uint8 RGB
-    ``[len(indices), H, W, 3]``.
+    """Decode frames ``indices`` of ``path`` (a path, :class:`VideoBytes` or
+    :class:`VideoSlice`) as uint8 RGB ``[len(indices), H, W, 3]``.
 
     Indices are clamped to ``[0, num_frames - 1]`` and may repeat or come in any order; each
     distinct frame is decoded and converted once. Frames come as players show them: square
@@ -728,8 +725,8 @@ def decode_all(
     short_side: int | None = None,
     interpolation: str = INTERPOLATION,
 ) -> np.ndarray:
-    """Every frame of a (short) video (a path, :class:`VideoBytes` or :class:`VideoSlice`) as displayed uint8 RGB
-    ``[N, H, W, 3]``, for in-memory caching; ``size`` and ``short_side`` as in
+    """Every frame of a (short) video (a path, :class:`VideoBytes` or :class:`VideoSlice`) as
+    displayed uint8 RGB ``[N, H, W, 3]``, for in-memory caching; ``size`` and ``short_side`` as in
     :func:`decode_frames`."""
     with open_video(path) as video:
         return video.frames(np.arange(video.index.num_frames), size, short_side=short_side,
