@@ -2,7 +2,8 @@
 
 Run on a GPU machine: ``python benchmarks/gpu_check.py [--arch r3d50] [--batch-size 32]``.
 Prints one JSON line per check. Uses random clips and captions: it checks the compute path,
-not the data pipeline.
+not the data pipeline. ``--device cpu`` runs the same checks on the CPU (gloo for NCCL), as the
+test suite does with a small model.
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ def main() -> None:
     ap.add_argument("--crop-size", type=int, default=224)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--bench-sizes", nargs="+", metavar="BxCROP",
+                    help="step benchmarks to run, batch x crop (default: 4x112 and the "
+                         "--batch-size x --crop-size of the DDP check)")  # fmt: skip
     args = ap.parse_args()
+    sizes = [tuple(int(v) for v in size.split("x")) for size in args.bench_sizes or
+             ["4x112", f"{args.batch_size}x{args.crop_size}"]]  # fmt: skip
     dev = torch.device(args.device)
     emit(
         check="env",
@@ -117,7 +123,7 @@ def main() -> None:
     )
     tdist.destroy_process_group()
 
-    for bs, crop in ((4, 112), (b, args.crop_size)):
+    for bs, crop in sizes:
         emit(
             check="bench_step",
             **bench_step(args.arch, bs, 8, crop, device=str(dev), steps=5, warmup=2),

@@ -1,6 +1,7 @@
 """README examples that other tests do not run as written: the Python API snippet, the paper
 preset's resolved configuration, the torchrun launch, the official checkpoint through
-`cpd retrieval` / `cpd export`, and `cpd bench load --make-sample`.
+`cpd retrieval` / `cpd export`, `cpd bench load --make-sample`, `cpd test` on the packaged
+UCF101 folds, and the video2dataset configuration.
 
 Each test runs the README's command with the README's spelling, on tiny inputs (the official
 checkpoint is a random one with the official key schema, see tests/official_reference.py).
@@ -130,3 +131,79 @@ def test_bench_load_makes_the_reference_sample(capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert Path("sample.mp4").is_file() and out["videos"] == ["sample.mp4"]
     assert out["clips"] == 2 and out["shard_clips_per_s"] > 0
+
+
+def test_cpd_test_runs_the_packaged_ucf101_folds(tmp_path, capsys):
+    """`cpd test --dataset ucf101 --video-root /data/UCF-101 --fold 1 2 3` as written: the
+    packaged split lists, UCF-101's folder layout, three folds and their mean. A few test
+    videos of each fold are written; the others are absent and counted as failed."""
+    from cpd.data.packaged_splits import load_packaged_split
+    from cpd.models import ModelConfig, build_model, save_model
+
+    (line,) = _lines_with("cpd test runs/ft/export")
+    argv = line.split()[1:]
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="r3d10", base_width=8, num_classes=101))
+    save_model(model, Path(argv[argv.index("test") + 1]))  # runs/ft/export
+    root = tmp_path / "UCF-101"
+    argv[argv.index("--video-root") + 1] = str(root)
+    for fold in (1, 2, 3):
+        records = load_packaged_split("ucf101", fold, root, "test").records
+        for r in records[:: len(records) // 3][:3]:  # three classes apart
+            if not Path(r.path).exists():
+                Path(r.path).parent.mkdir(parents=True, exist_ok=True)
+                write_video(r.path, num_frames=12, width=48, height=32)
+    views = ["--num-clips", "1", "--num-crops", "1", "--num-frames", "4", "--crop-size", "32",
+             "--batch-size", "64"]  # fmt: skip
+    assert main([*argv, *views]) == 0
+    results = json.loads(Path(argv[argv.index("-o") + 1], "results.json").read_text())
+    for fold, size in ((1, 3783), (2, 3734), (3, 3696)):
+        split = results["splits"][str(fold)]
+        assert split["num_videos"] == size and split["num_evaluated"] == 3, fold
+        assert split["num_failed"] == size - 3
+    assert set(results["mean_over_splits"]) >= {"top1", "top1_std"}
+    assert "mean" in capsys.readouterr().out
+
+
+def test_video2dataset_configuration_is_the_papers_and_its_shards_read(tmp_path):
+    """The README's video2dataset YAML holds the settings its prose gives (exact cuts at the
+    `clips` column, short side 256, 1000 samples per shard, webdataset output), and shards in
+    that output's naming (keys with a clip suffix, `.json` with the clip span) are read."""
+    import yaml
+
+    from cpd.data.shards import iter_shard, load_shard_index
+    from tests.shard_writer import write_v2d_shards
+
+    (block,) = [b for b in _blocks("yaml") if "ClippingSubsampler" in b]
+    config = yaml.safe_load(block)
+    sub = config["subsampling"]
+    assert sub["ClippingSubsampler"]["args"] == {"precision": "exact"}
+    assert sub["ResolutionSubsampler"]["args"] == {"video_size": 256, "resize_mode": "scale"}
+    assert config["storage"]["number_sample_per_shard"] == 1000
+    command = " ".join(line.lstrip("# ") for line in block.splitlines() if line.startswith("#"))
+    for flag in ("--output_format=webdataset", "--clip_col=clips", "--caption_col=caption",
+                 "--config=middle20.yaml"):  # fmt: skip
+        assert flag in command, flag
+
+    (tar,) = write_v2d_shards(tmp_path / "ig_v2d", [
+        {"video": b"v0", "caption": "a cat"}, {"video": b"v1", "caption": "a dog"}], shard_size=2)
+    # video2dataset names a clip of sample k "{k:09d}_{clip:05d}": rename the members so
+    import io
+    import tarfile
+
+    renamed = tmp_path / "ig_v2d" / "renamed.tar"
+    with tarfile.open(tar) as src, tarfile.open(renamed, "w") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            stem, suffix = member.name.split(".", 1)
+            info = tarfile.TarInfo(f"{stem}_00000.{suffix}")
+            info.size = len(data)
+            dst.addfile(info, io.BytesIO(data))
+    tar.unlink()
+    for sidecar in (tmp_path / "ig_v2d").glob("00000*"):
+        sidecar.unlink()
+    index = load_shard_index(str(renamed))
+    samples = list(iter_shard(index.urls[0], 0, table_dirs=index.table_dirs))
+    assert index.total == 2
+    assert [(s.key, s.caption()) for s in samples] == [("000000000_00000", "a cat"),
+                                                       ("000000001_00000", "a dog")]  # fmt: skip

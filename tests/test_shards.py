@@ -321,3 +321,4 @@ def test_a_compressed_local_shard_is_streamed(tmp_path):
     assert [s.video()[1] for s in got] == [s.video()[1] for s in want]
     assert isinstance(got[0].members["mp4"], bytes)  # streamed: read whole
     assert isinstance(want[0].members["mp4"], VideoSlice)  # in place
+    assert scan_shard(str(packed)) == scan_shard(str(plain)) == 3  # counted without sidecars

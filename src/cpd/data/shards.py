@@ -19,10 +19,11 @@ milliseconds per thousand samples). Local shards are re-scanned when their size 
 Shards are read sequentially. Remote ones (any fsspec URL: ``s3://``, ``gs://``, ``https://``;
 they need fsspec's matching package installed) and compressed ones stream through webdataset's
 tar iterator (``webdataset.tariterators``), which reads each wanted sample whole. Local
-uncompressed ones (paths and ``file://``) are walked with tarfile's random-access mode:
+uncompressed ones (paths and ``file://``) are read through their member table
+(:mod:`cpd.data.shard_members`: each member's byte range, from one walk of the headers):
 caption members are read, video members are decoded in place as
 :class:`~cpd.video.VideoSlice` (FFmpeg reads the packets a clip needs, as from a loose file),
-and members of samples that are not wanted are seeked over.
+and members of samples that are not wanted are never touched.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from cpd.data.shard_members import is_plain_tar, member_table, read_members
 from cpd.errors import DataError
 
 __all__ = [
@@ -163,18 +164,15 @@ def _expand_one(name: str) -> list[str]:
     return [local]
 
 
-def open_shard(url: str, seeks: bool = False) -> IO[bytes]:
-    """Open one shard (a local file, ``file://`` or an fsspec URL) for sequential reading, or
-    with ``seeks`` for a local reader that seeks from header to header."""
+def open_shard(url: str) -> IO[bytes]:
+    """Open one shard (a local file, ``file://`` or an fsspec URL) for sequential reading."""
     if _is_url(url):
         import fsspec
 
         return fsspec.open(url, "rb").open()
     try:
-        # sequential: a large buffer, as tarfile reads a stream in 10 kB records, one system
-        # call each; seeking: the default, as each seek drops the buffer and refills it
-        buffering = -1 if seeks else 1 << 20
-        return open(_local(url), "rb", buffering=buffering)  # noqa: SIM115 (the caller closes it)
+        # a large buffer: tarfile reads a stream in 10 kB records, one system call each
+        return open(_local(url), "rb", buffering=1 << 20)  # noqa: SIM115 (the caller closes it)
     except FileNotFoundError as exc:
         raise DataError(f"shard not found: {url}") from exc
 
@@ -189,6 +187,8 @@ class ShardIndex:
     urls: list[str]
     counts: list[int]
     sources: list[str] = field(default_factory=list)  # where each count came from
+    # where local shards' member tables are kept (cpd.data.shard_members): the index's places
+    table_dirs: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.offsets = [0]
@@ -247,18 +247,24 @@ def _count_from_sidecars(url: str) -> tuple[int, str] | None:
     return None
 
 
-def scan_shard(url: str) -> int:
-    """Complete samples of one shard, from its tar headers: tarfile's random-access mode seeks
-    over member data, on local files and on fsspec's seekable remote files alike. A tar that
-    ends early counts what precedes the break (a warning says so); a read error that is not
-    about the tar's contents (network, permission) propagates, so no short count is kept."""
+def scan_shard(url: str, table_dirs: Sequence[str | os.PathLike] = ()) -> int:
+    """Complete samples of one shard, from its tar headers (tarfile seeks over member data).
+    A local uncompressed tar's scan is its member table, kept in ``table_dirs`` for reading
+    it (:mod:`cpd.data.shard_members`). A tar that ends early counts what precedes the break
+    (a warning says so); a read error that is not about the tar's contents (network,
+    permission) propagates, so no short count is kept."""
+    if not _is_url(url) and is_plain_tar(_local(url)):
+        table = member_table(_local(url), table_dirs, _split_name, is_complete)
+        if table.error is not None:
+            log.warning("%s: shard ends early (%s); indexing the samples before the break",
+                        url, table.error)  # fmt: skip
+        return len(table.keys)
     grouper = _Grouper(lambda position: False)
-    # a local file unbuffered beyond the default: every header read follows a seek
-    opened = open_shard(url) if _is_url(url) else open(_local(url), "rb")  # noqa: SIM115
-    with opened as stream:
+    with open_shard(url) as stream:
         try:
-            with tarfile.open(fileobj=stream, mode="r:") as tar:
+            with tarfile.open(fileobj=stream, mode="r:*") as tar:  # compressed ones too
                 for member in tar:
+                    tar.members = []  # tarfile keeps every header it read
                     if member.isreg():
                         grouper.select(member.name)
         except (tarfile.ReadError, tarfile.HeaderError, EOFError) as exc:
@@ -282,6 +288,7 @@ def load_shard_index(
     if not _is_url(first):
         places.append(Path(_local(first)).parent / INDEX_NAME)
     places += [Path(d) / INDEX_NAME for d in cache_dirs]
+    table_dirs = [str(p.parent) for p in places]
     known: dict[str, dict[str, Any]] = {}
     for place in places:
         if place.is_file():
@@ -310,7 +317,10 @@ def load_shard_index(
             if not _exists(url):
                 raise DataError(f"data.shards: shard not found: {url}")
             found = None if scan else _count_from_sidecars(url)
-            count, source = found if found is not None else (scan_shard(url), "scan")
+            if found is None:
+                count, source = scan_shard(url, table_dirs), "scan"
+            else:
+                count, source = found
             entry = {"url": url, "count": count, "source": source,
                      "stat": list(stat) if stat else None}  # fmt: skip
             changed = True
@@ -325,7 +335,7 @@ def load_shard_index(
     empty = [u for u, c in zip(urls, counts, strict=True) if c == 0]
     if empty:
         log.warning("%d shard(s) hold no complete sample, e.g. %s", len(empty), empty[0])
-    index = ShardIndex(urls, counts, sources)
+    index = ShardIndex(urls, counts, sources, table_dirs)
     if index.total == 0:
         raise DataError(
             f"data.shards: no complete sample (video + caption) in {len(urls)} shard(s)"
@@ -368,10 +378,12 @@ class RawSample:
     def video_source(self, name: str) -> Any:
         """The video member for decoding, under ``name``: a :class:`~cpd.video.VideoSlice` of
         a local tar (read in place), else a :class:`~cpd.video.VideoBytes`."""
-        from cpd.video.sources import VideoBytes
+        from cpd.video.sources import VideoBytes, VideoSlice
 
         data = self._video()[1]
-        return VideoBytes(name, data) if isinstance(data, bytes) else replace(data, name=name)
+        if isinstance(data, bytes):
+            return VideoBytes(name, data)
+        return VideoSlice(name, data.path, data.offset, data.size)
 
     def _video(self) -> tuple[str, Any]:
         for suffix in VIDEO_SUFFIXES:
@@ -447,50 +459,13 @@ class _Grouper:
         return self.reading
 
 
-def _plain_tar(stream: IO[bytes]) -> bool:
-    """Whether the opened local shard is an uncompressed tar (a compressed one is streamed, as
-    remote shards are: its members have no byte range of their own to decode in place); the
-    stream is left at its start."""
-    head = stream.read(6)
-    stream.seek(0)
-    return not head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd"))
-
-
-_META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members (skipped, as it does)
-
-
-def _local_members(
-    stream: IO[bytes], path: str, select: Callable[[str], bool]
-) -> Iterator[dict[str, Any]]:
-    """The selected regular members of the local tar ``path`` (opened as ``stream``), in order,
-    as webdataset's tar iterator gives them (``fname``, ``data``), except that a video
-    member's data is a :class:`~cpd.video.VideoSlice` of the tar: decoded in place, FFmpeg
-    reads only what a clip needs, as from a loose file. Unselected members are seeked over."""
-    from cpd.video.sources import VideoSlice
-
-    size = os.fstat(stream.fileno()).st_size
-    with tarfile.open(fileobj=stream, mode="r:") as tar:
-        while (info := tar.next()) is not None:
-            tar.members = []  # tarfile keeps every header it read; a shard can hold millions
-            name = info.name
-            if not info.isreg() or _META.match(name) or not select(name):
-                continue
-            if info.offset_data + info.size > size:
-                raise tarfile.ReadError(f"{name}: unexpected end of data")
-            if _split_name(name)[1] in VIDEO_SUFFIXES:
-                yield {"fname": name, "data": VideoSlice(name, path, info.offset_data, info.size)}
-            else:
-                member = tar.extractfile(info)
-                assert member is not None  # a regular file
-                yield {"fname": name, "data": member.read()}
-
-
 def _groups(
     url: str,
     want: Callable[[int], bool],
     shard: int = 0,
     on_error: Callable[[str], None] | None = None,
     stop: int | None = None,
+    table_dirs: Sequence[str | os.PathLike] = (),
 ) -> Iterator[RawSample]:
     """Complete samples of one shard whose position ``want`` accepts, in tar order, until
     position ``stop``.
@@ -500,6 +475,37 @@ def _groups(
     samples read whole before the break still come out. Other errors (a network failure, a
     permission) propagate: they say nothing about the shard's contents.
     """
+
+    def broken(exc: object) -> None:
+        message = f"{url}: shard ends early or cannot be read: {exc}"
+        if on_error is None:
+            raise DataError(message)
+        on_error(message)
+
+    if not _is_url(url):
+        path = _local(url)
+        if not os.path.isfile(path):
+            raise DataError(f"shard not found: {url}")
+        if is_plain_tar(path):  # read in place through its member table
+            table = member_table(path, table_dirs, _split_name, is_complete)
+            end = len(table.keys) if stop is None else min(stop, len(table.keys))
+            wanted = (p for p in range(end) if want(p))
+            for p, members in read_members(path, table, wanted, VIDEO_SUFFIXES):
+                yield RawSample(shard, p, table.keys[p], members)
+            if table.error is not None and (stop is None or stop > len(table.keys)):
+                broken(table.error)
+            return
+    yield from _streamed(url, want, shard, stop, broken)
+
+
+def _streamed(
+    url: str, want: Callable[[int], bool], shard: int, stop: int | None,
+    broken: Callable[[object], None],
+) -> Iterator[RawSample]:  # fmt: skip
+    """:func:`_groups` for a remote or compressed shard: webdataset's tar iterator reads each
+    wanted sample whole, in order."""
+    from webdataset.tariterators import tar_file_iterator
+
     grouper = _Grouper(want, stop)
     current: RawSample | None = None
 
@@ -512,16 +518,9 @@ def _groups(
         raise exc
 
     serial = 0
-    local = not _is_url(url)
-    with open_shard(url, seeks=local) as stream:
-        in_place = local and _plain_tar(stream)
+    with open_shard(url) as stream:
         try:
-            if not in_place:
-                from webdataset.tariterators import tar_file_iterator
-
-                items = tar_file_iterator(stream, handler=reraise, select_files=grouper.select)
-            else:
-                items = _local_members(stream, _local(url), grouper.select)
+            items = tar_file_iterator(stream, handler=reraise, select_files=grouper.select)
             for item in items:
                 key, suffix = _split_name(item["fname"])
                 if current is None or grouper.serial != serial:
@@ -536,19 +535,19 @@ def _groups(
             yield from finish()
         except (tarfile.ReadError, tarfile.HeaderError, EOFError) as exc:
             yield from finish()
-            message = f"{url}: shard ends early or cannot be read: {exc}"
-            if on_error is None:
-                raise DataError(message) from exc
-            on_error(message)
+            broken(exc)
 
 
 def iter_shard(
     url: str, shard: int, want: Callable[[int], bool] | None = None,
     on_error: Callable[[str], None] | None = None, stop: int | None = None,
+    table_dirs: Sequence[str | os.PathLike] = (),
 ) -> Iterator[RawSample]:  # fmt: skip
     """The complete samples of shard number ``shard`` at ``url`` (those whose position ``want``
-    accepts), read sequentially up to position ``stop``; see :func:`_groups`."""
-    return _groups(url, want or (lambda position: True), shard, on_error, stop)
+    accepts), read sequentially up to position ``stop``; see :func:`_groups`. A local
+    uncompressed shard's member table is kept in the first writable of ``table_dirs`` (a
+    :class:`ShardIndex`'s ``table_dirs``); without one, each call walks its headers again."""
+    return _groups(url, want or (lambda position: True), shard, on_error, stop, table_dirs)
 
 
 def shared_shard_index(
@@ -569,7 +568,7 @@ def shared_shard_index(
     if tdist.get_rank() == 0:
         try:
             index = load_shard_index(spec, cache_dirs, progress=progress)
-            payload = [(index.urls, index.counts, index.sources)]
+            payload = [(index.urls, index.counts, index.sources, index.table_dirs)]
         except DataError as exc:
             payload = [exc]
     tdist.broadcast_object_list(payload, src=0)

@@ -436,7 +436,8 @@ class ShardDataset(IterableDataset):
                 return seg.first <= pos < seg.stop and seg.start + pos - seg.first in wanted
 
             url = self.index.urls[seg.shard]
-            for raw in iter_shard(url, seg.shard, want, on_error=log.warning, stop=seg.stop):
+            for raw in iter_shard(url, seg.shard, want, on_error=log.warning, stop=seg.stop,
+                                  table_dirs=self.index.table_dirs):  # fmt: skip
                 yield seg.start + raw.position - seg.first, raw
 
     def _row(self, plan: WorkerPlan, position: int) -> int:
@@ -480,7 +481,8 @@ def shard_records(index: ShardIndex, caption_key: str = "caption") -> tuple[list
     records: list[Any] = [None] * index.total
     videos = []
     for shard, url in enumerate(index.urls):
-        for raw in iter_shard(url, shard, on_error=log.warning, stop=index.counts[shard]):
+        for raw in iter_shard(url, shard, on_error=log.warning, stop=index.counts[shard],
+                              table_dirs=index.table_dirs):  # fmt: skip
             row = index.row(shard, raw.position)
             name = f"{url}#{raw.key}"
             caption = raw.caption(caption_key)
