@@ -205,7 +205,7 @@ def _bench_load_in(args: argparse.Namespace, scratch: Path) -> int:
             files = _unpack(shard_tars, scratch / "files")
         tables = [scratch / "index"]  # the shards' member tables, made in the warm-up
         # the other file readers get their own copies: a loader reading bytes that another one
-        # has just read finds them in the CPU's caches (2.5% faster here), so the file and the
+        # has just read may find them in the CPU caches, so the file and the
         # shard loaders each share their bytes with their cold twin only
         others = _unpack(shard_tars, scratch / "others")
         shard = _ShardCycle(shard_tars, len(files), tables)
