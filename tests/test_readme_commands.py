@@ -185,8 +185,11 @@ def test_video2dataset_configuration_is_the_papers_and_its_shards_read(tmp_path)
                  "--config=middle20.yaml"):  # fmt: skip
         assert flag in command, flag
 
-    (tar,) = write_v2d_shards(tmp_path / "ig_v2d", [
-        {"video": b"v0", "caption": "a cat"}, {"video": b"v1", "caption": "a dog"}], shard_size=2)
+    (tar,) = write_v2d_shards(
+        tmp_path / "ig_v2d",
+        [{"video": b"v0", "caption": "a cat"}, {"video": b"v1", "caption": "a dog"}],
+        shard_size=2,
+    )
     # video2dataset names a clip of sample k "{k:09d}_{clip:05d}": rename the members so
     import io
     import tarfile

@@ -20,13 +20,15 @@ import os
 import re
 import tarfile
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("cpd.data")
 
+VIDEO_SUFFIXES = ("mp4", "webm", "mkv", "avi", "mov", "m4v")
+CAPTION_SUFFIXES = ("txt", "json")
 TABLE_DIR = "cpd-members"
 _VERSION = 1
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset's metadata members (skipped, as it does)
@@ -45,15 +47,28 @@ class MemberTable:
     error: str | None = None
 
 
-def is_plain_tar(path: str) -> bool:
+def split_name(name: str) -> tuple[str | None, str | None]:
+    """A member name's sample key and lower-case suffix, as webdataset splits them."""
+    from webdataset.tariterators import base_plus_ext
+
+    key, suffix = base_plus_ext(name)
+    return key, suffix.lower() if suffix is not None else None
+
+
+def is_complete(suffixes: Iterable[str]) -> bool:
+    """A sample with a video member and a caption member."""
+    have = set(suffixes)
+    return any(s in have for s in VIDEO_SUFFIXES) and any(s in have for s in CAPTION_SUFFIXES)
+
+
+def _is_plain_tar(path: str) -> bool:
     """Whether the local file ``path`` is an uncompressed tar (a compressed one has no byte
     range per member: it is streamed, as remote shards are)."""
     with open(path, "rb") as f:
         return not f.read(6).startswith(_COMPRESSED)
 
 
-def build_table(path: str, split: Callable[[str], tuple[str | None, str | None]],
-                complete: Callable[[set[str]], bool]) -> MemberTable:  # fmt: skip
+def build_table(path: str) -> MemberTable:
     """Walk the headers of the tar ``path``: members grouped by consecutive key (a key met
     again later starts a new group), complete groups kept. A member whose data runs past the
     file's end, or a header that cannot be read, ends the walk: the groups completed before
@@ -66,7 +81,7 @@ def build_table(path: str, split: Callable[[str], tuple[str | None, str | None]]
     error = None
 
     def close() -> None:
-        if key is not None and complete(set(group)):
+        if key is not None and is_complete(group):
             keys.append(key)
             members.append(group)
 
@@ -77,7 +92,7 @@ def build_table(path: str, split: Callable[[str], tuple[str | None, str | None]]
                     tar.members = []  # tarfile keeps every header it read; a shard can hold millions
                     if not info.isreg() or _META.match(info.name):
                         continue
-                    name_key, suffix = split(info.name)
+                    name_key, suffix = split_name(info.name)
                     if name_key is None or suffix is None:
                         continue
                     if info.offset_data + info.size > st.st_size:
@@ -137,12 +152,11 @@ def _save(places: Sequence[Path], path: str, table: MemberTable) -> None:
 _recent: OrderedDict[tuple[str, tuple[int, int]], MemberTable] = OrderedDict()
 
 
-def member_table(path: str, dirs: Sequence[str | os.PathLike],
-                 split: Callable[[str], tuple[str | None, str | None]],
-                 complete: Callable[[set[str]], bool]) -> MemberTable:  # fmt: skip
-    """The member table of the local uncompressed tar ``path``: from this process's last few,
-    else from ``dirs/cpd-members/`` where current, else built (:func:`build_table`) and kept
-    in the first writable of ``dirs``."""
+def member_table(path: str, dirs: Sequence[str | os.PathLike]) -> MemberTable | None:
+    """The member table of the local tar ``path``: from this process's last few, else from
+    ``dirs/cpd-members/`` where current, else built (:func:`build_table`) and kept in the
+    first writable of ``dirs``; None for a compressed tar. ``FileNotFoundError`` when
+    ``path`` does not exist."""
     st = os.stat(path)
     stat = (st.st_size, st.st_mtime_ns)
     memo = (os.path.abspath(path), stat)
@@ -154,7 +168,9 @@ def member_table(path: str, dirs: Sequence[str | os.PathLike],
             if table is not None:
                 break
         else:
-            table = build_table(path, split, complete)
+            if not _is_plain_tar(path):
+                return None
+            table = build_table(path)
             if table.stat == stat:  # not rewritten while walked
                 _save(places, path, table)
         _recent[memo] = table
@@ -164,8 +180,9 @@ def member_table(path: str, dirs: Sequence[str | os.PathLike],
     return table
 
 
-def read_members(path: str, table: MemberTable, positions: Iterator[int],
-                 video_suffixes: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:  # fmt: skip
+def read_members(
+    path: str, table: MemberTable, positions: Iterable[int]
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(position, members)`` for each position: video members as
     :class:`~cpd.video.VideoSlice` of the tar (not read), the others read with one ``pread``
     each."""
@@ -176,7 +193,7 @@ def read_members(path: str, table: MemberTable, positions: Iterator[int],
         for p in positions:
             out: dict[str, Any] = {}
             for suffix, (offset, size) in table.members[p].items():
-                if suffix in video_suffixes:
+                if suffix in VIDEO_SUFFIXES:
                     out[suffix] = VideoSlice(f"{table.keys[p]}.{suffix}", path, offset, size)
                 else:
                     data = os.pread(fd, size, offset)

@@ -32,12 +32,19 @@ import json
 import logging
 import os
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from cpd.data.shard_members import is_plain_tar, member_table, read_members
+from cpd.data.shard_members import (
+    CAPTION_SUFFIXES,
+    VIDEO_SUFFIXES,
+    is_complete,
+    member_table,
+    read_members,
+    split_name,
+)
 from cpd.errors import DataError
 
 __all__ = [
@@ -53,8 +60,6 @@ __all__ = [
 
 log = logging.getLogger("cpd.data")
 
-VIDEO_SUFFIXES = ("mp4", "webm", "mkv", "avi", "mov", "m4v")
-CAPTION_SUFFIXES = ("txt", "json")
 INDEX_NAME = "cpd-index.json"
 _INDEX_VERSION = 1
 
@@ -253,8 +258,8 @@ def scan_shard(url: str, table_dirs: Sequence[str | os.PathLike] = ()) -> int:
     it (:mod:`cpd.data.shard_members`). A tar that ends early counts what precedes the break
     (a warning says so); a read error that is not about the tar's contents (network,
     permission) propagates, so no short count is kept."""
-    if not _is_url(url) and is_plain_tar(_local(url)):
-        table = member_table(_local(url), table_dirs, _split_name, is_complete)
+    table = None if _is_url(url) else member_table(_local(url), table_dirs)
+    if table is not None:
         if table.error is not None:
             log.warning("%s: shard ends early (%s); indexing the samples before the break",
                         url, table.error)  # fmt: skip
@@ -406,21 +411,8 @@ class RawSample:
         return None
 
 
-def _split_name(name: str) -> tuple[str | None, str | None]:
-    from webdataset.tariterators import base_plus_ext
-
-    key, suffix = base_plus_ext(name)
-    return key, suffix.lower() if suffix is not None else None
-
-
 class _EndOfRange(Exception):
     """Raised from the member filter: the positions wanted from this shard are all read."""
-
-
-def is_complete(suffixes: Iterable[str]) -> bool:
-    """A sample with a video member and a caption member."""
-    have = set(suffixes)
-    return any(s in have for s in VIDEO_SUFFIXES) and any(s in have for s in CAPTION_SUFFIXES)
 
 
 class _Grouper:
@@ -444,7 +436,7 @@ class _Grouper:
         return self.position + (1 if self.key is not None and self.complete() else 0)
 
     def select(self, name: str) -> bool:
-        key, suffix = _split_name(name)
+        key, suffix = split_name(name)
         if key is None or suffix is None:
             return False
         if key != self.key:
@@ -482,20 +474,20 @@ def _groups(
             raise DataError(message)
         on_error(message)
 
+    table = None
     if not _is_url(url):
-        path = _local(url)
-        if not os.path.isfile(path):
-            raise DataError(f"shard not found: {url}")
-        if is_plain_tar(path):  # read in place through its member table
-            table = member_table(path, table_dirs, _split_name, is_complete)
-            end = len(table.keys) if stop is None else min(stop, len(table.keys))
-            wanted = (p for p in range(end) if want(p))
-            for p, members in read_members(path, table, wanted, VIDEO_SUFFIXES):
-                yield RawSample(shard, p, table.keys[p], members)
-            if table.error is not None and (stop is None or stop > len(table.keys)):
-                broken(table.error)
-            return
-    yield from _streamed(url, want, shard, stop, broken)
+        try:
+            table = member_table(_local(url), table_dirs)  # None for a compressed tar
+        except FileNotFoundError as exc:
+            raise DataError(f"shard not found: {url}") from exc
+    if table is None:
+        yield from _streamed(url, want, shard, stop, broken)
+        return
+    end = len(table.keys) if stop is None else min(stop, len(table.keys))
+    for p, members in read_members(_local(url), table, (p for p in range(end) if want(p))):
+        yield RawSample(shard, p, table.keys[p], members)
+    if table.error is not None and (stop is None or stop > len(table.keys)):
+        broken(table.error)
 
 
 def _streamed(
@@ -522,7 +514,7 @@ def _streamed(
         try:
             items = tar_file_iterator(stream, handler=reraise, select_files=grouper.select)
             for item in items:
-                key, suffix = _split_name(item["fname"])
+                key, suffix = split_name(item["fname"])
                 if current is None or grouper.serial != serial:
                     yield from finish()
                     current, serial = (
